@@ -1,0 +1,165 @@
+"""Train a classifier: ``python -m medimg.train [group=option ...] [key=value ...]``.
+
+Reads top to bottom: seed; build the data module and the model from the config; run the stage's phases
+(each a fit with its own epochs, early stopping and best checkpoint, starting from the previous phase's
+best weights); test the best checkpoint; write ``metrics.json``; return ``optimized_metric`` for sweepers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from medimg.checkpoints import read_medimg_state
+from medimg.data.datamodule import MedImageDataModule
+from medimg.hardware import resolve_accelerator, resolve_channels_last, resolve_precision
+from medimg.models.classifier import ImageClassifier
+from medimg.reporting import print_metrics, write_json
+from medimg.run_info import run_info
+from medimg.trainer_builder import build_eval_trainer, build_phase_trainer, phase_epochs
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+log = logging.getLogger("medimg.train")
+
+
+def build_model(cfg: dict[str, Any], dm: MedImageDataModule) -> ImageClassifier:
+    accelerator = resolve_accelerator(cfg["trainer"]["accelerator"])
+    precision = resolve_precision(cfg["trainer"]["precision"], accelerator)
+    b, m = cfg["backbone"], cfg["model"]
+    return ImageClassifier(
+        backbone=b["name"], class_names=dm.class_names, weights=b.get("weights"), dropout=b.get("dropout", 0.2),
+        class_weights=dm.class_weights().tolist() if cfg["dataset"].get("class_weights", True) else None,
+        optimizer=m["optimizer"], weight_decay=m["weight_decay"], momentum=m.get("momentum", 0.9),
+        scheduler=m["scheduler"], step_size=m.get("step_size", 5), gamma=m.get("gamma", 0.1),
+        label_smoothing=m.get("label_smoothing", 0.0),
+        channels_last=resolve_channels_last(m.get("channels_last", "auto"), accelerator, precision),
+    )
+
+
+def load_weights(model: ImageClassifier, ckpt_path: str) -> None:
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["state_dict"])
+
+
+def run_phases(cfg: dict[str, Any], model: ImageClassifier, dm: MedImageDataModule, run_dir: Path,
+               resume_from: str | None) -> dict[str, dict[str, Any]]:
+    """Fit each phase of the stage in order; returns {phase: {best_path, best_score}}."""
+    phases = list(cfg["stage"]["phases"].items())
+    names = [n for n, _ in phases]
+    start = 0
+    if resume_from:
+        state = read_medimg_state(resume_from)
+        if state["phase"]["name"] not in names:
+            raise ValueError(f"checkpoint {resume_from} is from phase {state['phase']['name']!r}, "
+                             f"which stage={cfg['stage']['name']} does not have (phases: {names})")
+        start = names.index(state["phase"]["name"])
+        model.phases_done = state["phases_done"]
+        log.info("resuming phase %r from %s", names[start], resume_from)
+    for i, (name, ph) in enumerate(phases):
+        if i < start:
+            continue
+        epochs = phase_epochs(ph["epochs"], cfg["trainer"].get("max_epochs"))
+        model.set_phase(name, ph["train_blocks"], ph["lr"], epochs)
+        n_train = sum(p.numel() for p in model.trainable_parameters())
+        log.info("phase %r: training %s + head (%d parameters) for up to %d epochs at lr %g",
+                 name, model.phase["train_blocks"] or "nothing of the backbone", n_train, epochs, ph["lr"])
+        trainer, ckpt = build_phase_trainer(cfg, name, epochs, ph.get("patience"), run_dir)
+        trainer.fit(model, datamodule=dm, ckpt_path=resume_from if i == start else None)
+        if ckpt.best_model_path:
+            score = ckpt.best_model_score
+            model.phases_done[name] = {"best_path": ckpt.best_model_path,
+                                       "best_score": float(score) if score is not None else None}
+            load_weights(model, ckpt.best_model_path)  # the next phase (and test) starts from the best
+    return model.phases_done
+
+
+def pick_best(phases_done: dict[str, dict[str, Any]], mode: str) -> str | None:
+    """The best checkpoint across phases by the monitored validation metric."""
+    scored = [(v["best_score"], v["best_path"]) for v in phases_done.values() if v.get("best_score") is not None]
+    if not scored:
+        return None
+    return (max if mode == "max" else min)(scored)[1]
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    c: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # plain dicts from here on
+    L.seed_everything(c["seed"], workers=True)
+    resume = c.get("ckpt_path")
+    run_dir = Path(resume).resolve().parents[1] if resume else Path(c["paths"]["output_dir"])
+
+    accelerator = resolve_accelerator(c["trainer"]["accelerator"])
+    dm = MedImageDataModule(c["dataset"], pin_memory=_pin_memory(c["dataset"].get("pin_memory"), accelerator))
+    dm.prepare_data()
+    dm.setup("fit")
+    model = build_model(c, dm)
+
+    phases_done = run_phases(c, model, dm, run_dir, resume)
+    best = pick_best(phases_done, c["monitor_mode"])
+    metrics: dict[str, float] = {}
+    if best:
+        load_weights(model, best)
+    if c.get("test", True):
+        trainer = build_eval_trainer(c, run_dir)
+        trainer.test(model, datamodule=dm, verbose=False)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        if trainer.is_global_zero:
+            _finish_run(c, run_dir, best, metrics, trainer)
+    return metrics
+
+
+def _finish_run(c: dict[str, Any], run_dir: Path, best: str | None, metrics: dict[str, float], trainer) -> None:
+    """Rank 0: best.ckpt, metrics.json, run_info.json, hparams with the final metrics, the printed table."""
+    if best:
+        dst = run_dir / "checkpoints" / "best.ckpt"
+        if Path(best).resolve() != dst.resolve():
+            shutil.copy2(best, dst)
+    write_json(run_dir / "metrics.json", metrics)
+    info = run_info()
+    write_json(run_dir / "run_info.json", info)
+    for lg in trainer.loggers:
+        lg.log_hyperparams(_flat_hparams(c, info), metrics)
+    print_metrics(metrics, title=f"test metrics ({c['dataset']['name']}, {c['backbone']['name']})")
+    print(f"run folder: {run_dir}")
+
+
+def _flat_hparams(c: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    keep = {k: c[k] for k in ("seed", "dataset", "backbone", "stage", "model", "trainer")}
+    keep["run_info"] = info
+    return _flatten(keep)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "/"))
+        else:
+            out[key] = v if isinstance(v, int | float | str | bool) else str(v)
+    return out
+
+
+def _pin_memory(setting, accelerator: str) -> bool:
+    return accelerator == "gpu" if setting in ("auto", None) else bool(setting)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    name = cfg.get("optimized_metric")
+    if name and name not in metrics:
+        log.warning("optimized_metric=%s is not among the test metrics %s", name, sorted(metrics))
+        return None
+    return metrics.get(name) if name else None
+
+
+if __name__ == "__main__":
+    main()
