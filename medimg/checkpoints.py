@@ -28,3 +28,28 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def read_medimg_state(path: str | Path) -> dict[str, Any]:
     """The phase, finished phases and class names that medimg stored in a checkpoint."""
     return load_checkpoint(path)["medimg"]
+
+
+def load_classifier(path: str | Path, map_location: str | torch.device = "cpu"):
+    """Rebuild the ImageClassifier stored in a medimg checkpoint, without downloading any weights.
+
+    Returns ``(model, medimg_state)``; the model is in eval mode, and ``model.calibration`` holds the stored
+    calibration (None when the checkpoint has none).
+    """
+    from medimg.models.classifier import ImageClassifier  # local: keeps this module light to import
+
+    ckpt = load_checkpoint(path)
+    hp = dict(ckpt.get("hyper_parameters") or {})
+    if "backbone" not in hp or "class_names" not in hp:
+        raise CheckpointError(f"checkpoint {path} lacks the model's hyper-parameters (backbone, class_names)")
+    hp["weights"] = None  # the checkpoint carries the trained weights
+    model = ImageClassifier(**hp)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not match its own model description: {e}") from e
+    state = ckpt["medimg"]
+    model.calibration = state.get("calibration")
+    model.phases_done = state.get("phases_done", {})
+    model.eval()
+    return model.to(map_location), state

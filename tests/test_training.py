@@ -1,0 +1,119 @@
+"""End-to-end tiny runs: freeze semantics of the two-stage recipe, resume, precision, determinism."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from medimg.checkpoints import read_medimg_state
+from medimg.models.backbones import build_backbone
+from medimg.train import train
+
+pytestmark = pytest.mark.slow
+
+FROZEN_BLOCKS = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")
+
+
+def _net_state(ckpt_path) -> dict[str, torch.Tensor]:
+    sd = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
+    return {k.removeprefix("net."): v for k, v in sd.items() if k.startswith("net.")}
+
+
+def _changed(a: dict, b: dict, prefix: str) -> bool:
+    keys = [k for k in a if k.startswith(prefix) and not k.endswith("num_batches_tracked")]
+    assert keys, prefix
+    return any(not torch.equal(a[k], b[k]) for k in keys)
+
+
+@pytest.fixture
+def init_weights(tmp_path):
+    """A known starting state dict for the backbone (stands in for pretrained weights)."""
+    torch.manual_seed(0)
+    net = build_backbone("resnet18", num_classes=4)
+    for m in net.modules():  # non-trivial BN statistics, so that an update would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.9, 1.1)
+    path = tmp_path / "init.pth"
+    torch.save({k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}, path)
+    return path, net.state_dict()
+
+
+def test_two_stage_freeze_semantics(tiny_cfg, init_weights, tmp_path):
+    path, init = init_weights
+    cfg = tiny_cfg("stage=two_stage", f"backbone.weights={path}", "trainer.max_epochs=2")
+    metrics = train(cfg)
+    ckpts = tmp_path / "run" / "checkpoints"
+    head, ft = _net_state(ckpts / "head-best.ckpt"), _net_state(ckpts / "finetune-best.ckpt")
+
+    # stage 1: the backbone's weights and BatchNorm statistics are untouched, the head trained
+    for block in (*FROZEN_BLOCKS, "layer4."):
+        assert not _changed(init, head, block), f"{block} changed during the head phase"
+    assert _changed(init, head, "fc.")
+    # stage 2: layer4 (weights and BN statistics) trains, layers 1-3 stay as they were
+    assert _changed(head, ft, "layer4.")
+    assert any(not torch.equal(head[k], ft[k]) for k in ft if k.startswith("layer4.") and "running_mean" in k)
+    for block in FROZEN_BLOCKS:
+        assert not _changed(head, ft, block), f"{block} changed during the fine-tune phase"
+
+    state = read_medimg_state(ckpts / "finetune-best.ckpt")
+    assert state["phase"]["train_blocks"] == ["layer4"] and state["phase"]["lr"] == pytest.approx(5e-4)
+    assert "head" in state["phases_done"]
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for key in ("test/accuracy", "test/auroc", "test/f1_macro", "test/loss"):
+        assert key in saved and saved[key] == pytest.approx(metrics[key])
+    assert (ckpts / "last.ckpt").exists() and (ckpts / "best.ckpt").exists()
+    assert list((tmp_path / "run" / "csv").iterdir()), "logger wrote nothing"
+
+
+def test_resume_in_stage_two_keeps_layer4_trainable(tiny_cfg, init_weights, tmp_path):
+    path, _ = init_weights
+    base = ["stage=two_stage", f"backbone.weights={path}", "trainer.max_epochs=null",
+            "stage.phases.head.epochs=1", "stage.phases.finetune.epochs=1", "callbacks.early_stopping.enabled=false"]
+    train(tiny_cfg(*base))
+    ckpts = tmp_path / "run" / "checkpoints"
+    last = ckpts / "last.ckpt"
+    assert read_medimg_state(last)["phase"]["name"] == "finetune"
+    before = _net_state(last)
+    head_mtime = (ckpts / "head-best.ckpt").stat().st_mtime_ns
+    resumed_from = tmp_path / "resume-from.ckpt"
+    resumed_from.write_bytes(last.read_bytes())
+
+    # continue the fine-tune phase for one more epoch from last.ckpt
+    cfg = tiny_cfg(*base[:-2], "stage.phases.finetune.epochs=2", "callbacks.early_stopping.enabled=false",
+                   f"ckpt_path={last}")
+    train(cfg)
+    after = _net_state(last)
+    ck = torch.load(last, map_location="cpu", weights_only=True)
+    assert ck["epoch"] == 1, "resume did not continue the epoch count"
+    assert _changed(before, after, "layer4."), "layer4 was frozen after resuming"
+    for block in FROZEN_BLOCKS:
+        assert not _changed(before, after, block), f"{block} trained after resuming"
+    assert (ckpts / "head-best.ckpt").stat().st_mtime_ns == head_mtime, "the head phase ran again"
+
+
+def test_same_seed_same_metrics(tiny_cfg, tmp_path):
+    a = train(tiny_cfg("stage=scratch", "hydra.run.dir=unused"))
+    b = train(tiny_cfg("stage=scratch"))
+    assert a and a == b
+
+
+def test_bf16_mixed_and_fp32_both_train(tiny_cfg):
+    for precision in ("bf16-mixed", "32"):
+        metrics = train(tiny_cfg("stage=scratch", f"trainer.precision={precision}"))
+        assert 0.0 <= metrics["test/auroc"] <= 1.0 and torch.isfinite(torch.tensor(metrics["test/loss"]))
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
+def test_fast_dev_run_per_backbone(tiny_cfg, backbone):
+    metrics = train(tiny_cfg(f"backbone={backbone}", "backbone.weights=null", "debug=fdr"))
+    assert set(metrics) >= {"test/accuracy", "test/auroc", "test/f1_macro", "test/loss"}
+
+
+def test_every_scheduler_and_optimizer_runs(tiny_cfg):
+    for opt, sched in (("adamw", "step"), ("sgd", "plateau"), ("adam", "none")):
+        metrics = train(tiny_cfg("stage=two_stage", f"model.optimizer={opt}", f"model.scheduler={sched}",
+                                 "trainer.limit_train_batches=2"))
+        assert "test/auroc" in metrics
