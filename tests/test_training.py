@@ -95,7 +95,7 @@ def test_resume_in_stage_two_keeps_layer4_trainable(tiny_cfg, init_weights, tmp_
 
 
 def test_same_seed_same_metrics(tiny_cfg, tmp_path):
-    a = train(tiny_cfg("stage=scratch", "hydra.run.dir=unused"))
+    a = train(tiny_cfg("stage=scratch"))
     b = train(tiny_cfg("stage=scratch"))
     assert a and a == b
 

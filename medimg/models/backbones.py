@@ -76,7 +76,10 @@ def build_backbone(name: str, num_classes: int, weights: str | None = None, drop
         else:
             sd = _local_state_dict(weights)
         sd = {k: v for k, v in sd.items() if not k.startswith(HEAD + ".")}
-        missing, unexpected = net.load_state_dict(sd, strict=False)
+        try:
+            missing, unexpected = net.load_state_dict(sd, strict=False)
+        except RuntimeError as e:  # shape mismatches
+            raise WeightsUnavailableError(f"weights {weights!r} do not fit {name}: {str(e)[:500]}") from e
         missing = [k for k in missing if not k.startswith(HEAD + ".")]
         if missing or unexpected:
             raise WeightsUnavailableError(
