@@ -68,3 +68,22 @@ def test_class_is_not_in_the_background():
     lesion = cross_val_score(clf, np.array(feats_lesion), labels, cv=4, scoring="balanced_accuracy").mean()
     assert background < 0.40, background       # chance is 0.25
     assert lesion > background + 0.3, (lesion, background)
+
+
+def _generate_small(root):
+    generate(root, num_images=400, img_size=24, seed=1)
+
+
+def test_concurrent_generation_by_two_processes(tmp_path):
+    """Ranks started together (torchrun) may generate the same set at once: both succeed, one set results."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_generate_small, args=(tmp_path / "s",)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert len(list((tmp_path / "s" / "images").rglob("*.png"))) == 400
+    assert [p.name for p in tmp_path.iterdir()] == ["s"], "a temporary folder was left behind"
