@@ -117,3 +117,27 @@ def test_every_scheduler_and_optimizer_runs(tiny_cfg):
         metrics = train(tiny_cfg("stage=two_stage", f"model.optimizer={opt}", f"model.scheduler={sched}",
                                  "trainer.limit_train_batches=2"))
         assert "test/auroc" in metrics
+
+
+def test_resume_in_stage_one_with_plateau_then_fine_tunes(tiny_cfg, init_weights, tmp_path):
+    path, init = init_weights
+    common = [f"backbone.weights={path}", "trainer.max_epochs=null", "model.scheduler=plateau",
+              "callbacks.early_stopping.enabled=false"]
+    train(tiny_cfg("stage=head", "stage.phases.head.epochs=1", *common))  # stops after one head epoch
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert read_medimg_state(last)["phase"]["name"] == "head"
+
+    cfg = tiny_cfg("stage=two_stage", "stage.phases.head.epochs=2", "stage.phases.finetune.epochs=1", *common,
+                   f"ckpt_path={last}")
+    train(cfg)
+    ckpts = tmp_path / "run" / "checkpoints"
+    state = read_medimg_state(ckpts / "last.ckpt")
+    assert state["phase"]["name"] == "finetune" and set(state["phases_done"]) == {"head"}
+    head_ck = torch.load(ckpts / "head-best.ckpt", map_location="cpu", weights_only=True)
+    assert head_ck["epoch"] in (0, 1)
+    head, ft = _net_state(ckpts / "head-best.ckpt"), _net_state(ckpts / "finetune-best.ckpt")
+    for block in (*FROZEN_BLOCKS, "layer4."):
+        assert not _changed(init, head, block), f"{block} changed in the resumed head phase"
+    assert _changed(head, ft, "layer4.")
+    for block in FROZEN_BLOCKS:
+        assert not _changed(head, ft, block)
