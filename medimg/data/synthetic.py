@@ -1,0 +1,187 @@
+"""The built-in synthetic "lesion" data set: deterministic, with a ground-truth mask per image.
+
+Every image is a patch of skin-like background with one lesion. The class lives only in the lesion:
+
+- ``nevus``      (62%): regular oval, even brown
+- ``melanoma``   (18%): irregular border, two-tone dark brown with blue-grey patches
+- ``keratosis``  (12%): oval with a striped ("cerebriform") texture, tan
+- ``vascular``    (8%): small lobulated lesion, red to purple
+
+Class-independent distractors (hairs, a corner ruler mark, uneven lighting, a skin tone drawn from the
+same distribution for every class) make the task impossible to solve from a global colour or a corner
+marker, and the class parameters overlap so that it is learnable but not trivial.
+
+Layout written under ``root``::
+
+    images/<class>/<class>_00000.png    RGB uint8
+    masks/<class>/<class>_00000.png     L uint8, 255 where the lesion (the class evidence) is
+    manifest.json                       the generator's parameters; written last, marks the set complete
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CLASSES = ("nevus", "melanoma", "keratosis", "vascular")
+PROPORTIONS = (0.62, 0.18, 0.12, 0.08)
+GENERATOR_VERSION = 1
+
+
+def class_counts(num_images: int) -> list[int]:
+    """How many images of each class ``num_images`` holds (every class gets at least 2)."""
+    counts = [max(2, int(round(p * num_images))) for p in PROPORTIONS]
+    counts[0] += num_images - sum(counts)
+    if counts[0] < 2:
+        raise ValueError(f"num_images={num_images} is too small for {len(CLASSES)} classes; use at least 16")
+    return counts
+
+
+def _lesion_radius(rng: np.random.Generator, cls: str, n_angles: int = 360) -> np.ndarray:
+    """Radius (relative to the base radius) as a function of angle: the lesion's outline."""
+    theta = np.linspace(0, 2 * np.pi, n_angles, endpoint=False)
+    r = np.ones_like(theta)
+    if cls == "melanoma":
+        amp = rng.uniform(0.10, 0.32)
+        harmonics = rng.integers(3, 9, size=3)
+    elif cls == "vascular":
+        amp = rng.uniform(0.08, 0.18)
+        harmonics = np.array([rng.integers(3, 6)])
+    else:
+        amp = rng.uniform(0.0, 0.10)
+        harmonics = rng.integers(2, 5, size=2)
+    for h in harmonics:
+        r += amp / len(harmonics) * np.sin(h * theta + rng.uniform(0, 2 * np.pi)) * rng.uniform(0.6, 1.4)
+    return r
+
+
+def render(rng: np.random.Generator, cls: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one image of class ``cls``: returns (RGB uint8 HxWx3, mask bool HxW)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+
+    # Skin: one tone distribution for all classes, uneven lighting, fine noise.
+    skin = np.array([rng.uniform(0.70, 0.92), rng.uniform(0.50, 0.72), rng.uniform(0.42, 0.62)], np.float32)
+    light = 1.0 + 0.12 * np.sin(2 * np.pi * (rng.uniform(0.3, 1.0) * xx + rng.uniform()) + rng.uniform(0, 6))
+    light *= 1.0 + 0.08 * np.cos(2 * np.pi * (rng.uniform(0.3, 1.0) * yy) + rng.uniform(0, 6))
+    img = skin[None, None, :] * light[..., None]
+    img += rng.normal(0, 0.025, size=img.shape).astype(np.float32)
+
+    # Lesion geometry: position, size, elongation, rotation, outline.
+    cx, cy = rng.uniform(0.3, 0.7, size=2)
+    base = rng.uniform(0.10, 0.15) if cls == "vascular" else rng.uniform(0.13, 0.22)
+    aspect = rng.uniform(0.7, 1.0)
+    rot = rng.uniform(0, np.pi)
+    dx, dy = xx - cx, yy - cy
+    u = dx * np.cos(rot) + dy * np.sin(rot)
+    v = (-dx * np.sin(rot) + dy * np.cos(rot)) / aspect
+    dist = np.sqrt(u**2 + v**2)
+    angle = np.mod(np.arctan2(v, u), 2 * np.pi)
+    outline = _lesion_radius(rng, cls)
+    r_at = base * outline[(angle / (2 * np.pi) * len(outline)).astype(int) % len(outline)]
+    mask = dist <= r_at
+    edge = np.clip((r_at - dist) / (0.02 + 0.02 * rng.uniform()), 0, 1)  # soft border
+
+    # Lesion colour and texture, per class, with overlapping ranges.
+    if cls == "nevus":
+        col = np.array([rng.uniform(0.35, 0.55), rng.uniform(0.22, 0.36), rng.uniform(0.14, 0.26)])
+        tex = np.ones_like(dist)
+        lesion = col[None, None, :] * tex[..., None]
+    elif cls == "melanoma":
+        dark = np.array([rng.uniform(0.18, 0.36), rng.uniform(0.10, 0.22), rng.uniform(0.08, 0.18)])
+        blue = np.array([rng.uniform(0.30, 0.45), rng.uniform(0.32, 0.45), rng.uniform(0.40, 0.55)])
+        blob = np.sin(2 * np.pi * (rng.uniform(2, 5) * u + rng.uniform())) * np.cos(
+            2 * np.pi * (rng.uniform(2, 5) * v + rng.uniform())
+        )
+        w = np.clip(0.5 + blob * rng.uniform(0.8, 1.6), 0, 1)[..., None] * rng.uniform(0.4, 0.9)
+        lesion = dark[None, None, :] * (1 - w) + blue[None, None, :] * w
+    elif cls == "keratosis":
+        col = np.array([rng.uniform(0.45, 0.62), rng.uniform(0.32, 0.45), rng.uniform(0.20, 0.32)])
+        freq = rng.uniform(12, 22)
+        stripes = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (u * np.cos(rot) + v * np.sin(rot)) + rng.uniform(0, 6))
+        tex = 1.0 - rng.uniform(0.25, 0.45) * stripes
+        lesion = col[None, None, :] * tex[..., None]
+    elif cls == "vascular":
+        col = np.array([rng.uniform(0.50, 0.72), rng.uniform(0.12, 0.25), rng.uniform(0.18, 0.40)])
+        lobes = 0.85 + 0.15 * np.cos(2 * np.pi * rng.uniform(8, 14) * dist)
+        lesion = col[None, None, :] * lobes[..., None]
+    else:
+        raise ValueError(f"unknown synthetic class {cls!r}; expected one of {CLASSES}")
+    lesion = lesion + rng.normal(0, 0.03, size=lesion.shape)
+    alpha = edge[..., None] * rng.uniform(0.75, 1.0)
+    img = img * (1 - alpha) + lesion.astype(np.float32) * alpha
+
+    # Distractors that carry no class information.
+    for _ in range(rng.integers(0, 4)):  # hairs: thin dark curves across the image
+        x0, y0, x1, y1 = rng.uniform(0, 1, size=4)
+        bend = rng.uniform(-0.15, 0.15)
+        t = np.linspace(0, 1, 4 * size)
+        px = ((x0 + (x1 - x0) * t + bend * np.sin(np.pi * t)) * size).astype(int)
+        py = ((y0 + (y1 - y0) * t) * size).astype(int)
+        ok = (px >= 0) & (px < size) & (py >= 0) & (py < size)
+        img[py[ok], px[ok]] *= rng.uniform(0.3, 0.6)
+    if rng.uniform() < 0.35:  # ruler mark in a random corner
+        s = max(2, size // 12)
+        corner_y = rng.choice([0, size - s])
+        corner_x = rng.choice([0, size - s])
+        img[corner_y : corner_y + s, corner_x : corner_x + s] = rng.uniform(0.05, 0.95, size=3)
+
+    out = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+    return out, mask
+
+
+def generate(root: str | Path, num_images: int = 3000, img_size: int = 96, seed: int = 0) -> Path:
+    """Write the data set under ``root`` unless an identical one is already there; returns ``root``.
+
+    The set is built in a temporary sibling folder and moved into place whole, so an interrupted run
+    never leaves a half-written set that a later run could mistake for complete.
+    """
+    root = Path(root)
+    params = {"version": GENERATOR_VERSION, "num_images": num_images, "img_size": img_size, "seed": seed,
+              "classes": list(CLASSES)}
+    manifest = root / "manifest.json"
+    if manifest.exists():
+        if json.loads(manifest.read_text()) == params:
+            return root
+        raise FileExistsError(
+            f"{root} holds a synthetic data set generated with other parameters "
+            f"({manifest.read_text().strip()}); delete the folder or point dataset.root elsewhere"
+        )
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"{root} exists and is not a synthetic data set; choose another dataset.root")
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=root.parent))
+    try:
+        rng = np.random.default_rng(seed)
+        for cls, count in zip(CLASSES, class_counts(num_images)):
+            (tmp / "images" / cls).mkdir(parents=True)
+            (tmp / "masks" / cls).mkdir(parents=True)
+            for i in range(count):
+                img, mask = render(rng, cls, img_size)
+                name = f"{cls}_{i:05d}.png"
+                Image.fromarray(img).save(tmp / "images" / cls / name)
+                Image.fromarray(mask.astype(np.uint8) * 255).save(tmp / "masks" / cls / name)
+        (tmp / "manifest.json").write_text(json.dumps(params))
+        try:
+            if root.exists():
+                root.rmdir()
+            tmp.rename(root)
+        except OSError:
+            # another process (a DDP rank started by torchrun) finished the same set first
+            if not (manifest.exists() and json.loads(manifest.read_text()) == params):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def mask_path(image_path: str | Path) -> Path:
+    """The mask that belongs to a synthetic image: images/<class>/x.png -> masks/<class>/x.png."""
+    p = Path(image_path)
+    return p.parents[2] / "masks" / p.parent.name / p.name
