@@ -2,24 +2,26 @@
 
 Reads top to bottom: seed; build the data module and the model from the config; run the stage's phases
 (each a fit with its own epochs, early stopping and best checkpoint, starting from the previous phase's
-best weights); test the best checkpoint; write ``metrics.json``; return ``optimized_metric`` for sweepers.
+best weights); calibrate the best checkpoint on validation and store the calibration in it; evaluate the
+test split (``metrics.json``, ``predictions.csv``, ``figures/``, ``report.md``); return ``optimized_metric`` for sweepers.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from medimg.checkpoints import read_medimg_state
 from medimg.data.datamodule import MedImageDataModule
+from medimg.evaluation.calibration import save_with_calibration
+from medimg.evaluation.evaluator import Evaluation, evaluate_split, fit_on_validation, write_evaluation
 from medimg.hardware import resolve_accelerator, resolve_channels_last, resolve_precision
 from medimg.models.classifier import ImageClassifier
 from medimg.reporting import print_metrics, write_json
@@ -41,7 +43,17 @@ def build_model(cfg: dict[str, Any], dm: MedImageDataModule) -> ImageClassifier:
         scheduler=m["scheduler"], step_size=m.get("step_size", 5), gamma=m.get("gamma", 0.1),
         label_smoothing=m.get("label_smoothing", 0.0),
         channels_last=resolve_channels_last(m.get("channels_last", "auto"), accelerator, precision),
+        preprocess=eval_preprocessing(cfg["dataset"]),
     )
+
+
+def eval_preprocessing(d: dict[str, Any]) -> dict[str, Any]:
+    """What inference needs to prepare an image as the evaluation split was (stored in the checkpoint)."""
+    from medimg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    return {"img_size": int(d["img_size"]), "resize": float(d.get("eval_resize", 1.0)),
+            "mean": [float(v) for v in d.get("mean") or IMAGENET_MEAN],
+            "std": [float(v) for v in d.get("std") or IMAGENET_STD]}
 
 
 def load_weights(model: ImageClassifier, ckpt_path: str) -> None:
@@ -103,30 +115,37 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     phases_done = run_phases(c, model, dm, run_dir, resume)
     best = pick_best(phases_done, c["monitor_mode"])
-    metrics: dict[str, float] = {}
     if best:
         load_weights(model, best)
-    if c.get("test", True):
-        trainer = build_eval_trainer(c, run_dir)
-        trainer.test(model, datamodule=dm, verbose=False)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-        if trainer.is_global_zero:
-            _finish_run(c, run_dir, best, metrics, trainer)
-    return metrics
+    trainer = build_eval_trainer(c, run_dir)
+    model.calibration = fit_on_validation(trainer, model, dm, c.get("calibration"))  # stored in best.ckpt
+    result = evaluate_split(trainer, model, dm, "test") if c.get("test", True) else None  # every rank takes part
+    if trainer.is_global_zero:
+        _finish_run(c, run_dir, best, model.calibration, result, trainer)
+    return result.metrics if result else {}
 
 
-def _finish_run(c: dict[str, Any], run_dir: Path, best: str | None, metrics: dict[str, float], trainer) -> None:
-    """Rank 0: best.ckpt, metrics.json, run_info.json, hparams with the final metrics, the printed table."""
+def _finish_run(c: dict[str, Any], run_dir: Path, best: str | None, calibration: dict[str, Any],
+                result: Evaluation | None, trainer) -> None:
+    """Rank 0: best.ckpt (with the calibration), the test results (metrics.json, predictions.csv, figures/,
+    report.md), run_info.json, hparams with the final metrics, the printed table."""
     if best:
-        dst = run_dir / "checkpoints" / "best.ckpt"
-        if Path(best).resolve() != dst.resolve():
-            shutil.copy2(best, dst)
-    write_json(run_dir / "metrics.json", metrics)
+        save_with_calibration(best, run_dir / "checkpoints" / "best.ckpt", calibration)
+    metrics = result.metrics if result else {}
+    headline = {k: v for k, v in metrics.items() if "/per_class/" not in k}
+    if result:
+        title = f"Test evaluation: {c['dataset']['name']}, {c['backbone']['name']}, stage {c['stage']['name']}"
+        ckpt = str(run_dir / "checkpoints" / "best.ckpt") if best else "none saved (the final weights were evaluated)"
+        facts = [("run folder", str(run_dir)), ("checkpoint", ckpt)]
+        write_evaluation(result, run_dir, trainer.loggers, title, facts)
     info = run_info()
     write_json(run_dir / "run_info.json", info)
-    for lg in trainer.loggers:
-        lg.log_hyperparams(_flat_hparams(c, info), metrics)
-    print_metrics(metrics, title=f"test metrics ({c['dataset']['name']}, {c['backbone']['name']})")
+    for lg in trainer.loggers:  # TensorBoard's hparams tab shows the final metrics beside the config
+        if isinstance(lg, TensorBoardLogger):
+            lg.log_hyperparams(_flat_hparams(c, info), headline)
+        else:
+            lg.log_hyperparams(_flat_hparams(c, info))
+    print_metrics(headline, title=f"test metrics ({c['dataset']['name']}, {c['backbone']['name']})")
     print(f"run folder: {run_dir}")
 
 

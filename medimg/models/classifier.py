@@ -52,6 +52,7 @@ class ImageClassifier(L.LightningModule):
         label_smoothing: float = 0.0,
         channels_last: bool = False,
         nan_check_every: int = 20,
+        preprocess: dict[str, Any] | None = None,  # eval img_size/resize/mean/std, kept for predict and export
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -71,6 +72,7 @@ class ImageClassifier(L.LightningModule):
         # the current phase; set by set_phase before each fit
         self.phase: dict[str, Any] = {"name": "full", "train_blocks": list(self.blocks), "lr": 1e-3, "epochs": 1}
         self.phases_done: dict[str, dict[str, Any]] = {}
+        self.calibration: dict[str, Any] | None = None  # fitted on validation after training (see evaluation)
         self._frozen: list[torch.nn.Module] = []
         self.set_phase("full", "all", 1e-3, 1)
 
@@ -187,4 +189,10 @@ class ImageClassifier(L.LightningModule):
             "phase": dict(self.phase),
             "phases_done": {k: dict(v) for k, v in self.phases_done.items()},
             "class_names": list(self.class_names),
+            "calibration": self.calibration,
         }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("medimg") or {}
+        self.calibration = state.get("calibration")
+        self.phases_done = state.get("phases_done", {})

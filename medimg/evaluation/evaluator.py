@@ -1,0 +1,199 @@
+"""Evaluating a trained classifier on a split: calibrate on validation, predict, score, write the results.
+
+Used by ``medimg.train`` (after the phases) and ``medimg.evaluate`` (any checkpoint):
+
+1. ``fit_on_validation``: calibration of the validation probabilities (``calibration`` config group) and, for
+   binary tasks, the operating threshold; the result is the plain dict stored as ``model.calibration``.
+2. ``evaluate_split``: predictions for every image of the split (DDP-safe, optional TTA), uncalibrated and
+   calibrated metrics, the predictions table.
+3. ``write_evaluation`` (rank 0): ``metrics.json``, ``predictions.csv``, ``figures/*.png``, ``report.md``, and the
+   metrics and figures to the loggers (TensorBoard gets the figures).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+
+from medimg.evaluation import plots
+from medimg.evaluation.calibration import calibrated_probs, describe, fit_calibration
+from medimg.evaluation.metrics import classification_metrics, confusion_matrix, predict_labels
+from medimg.evaluation.predictions import SplitOutputs, collect_outputs, predictions_table
+from medimg.evaluation.report import write_report
+from medimg.evaluation.threshold import choose_threshold
+from medimg.reporting import write_json
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CALIBRATION = {"method": "temperature", "threshold": "youden", "target_sensitivity": 0.9, "max_iter": 100}
+# metrics of the final decision that are reported once, without the _calibrated suffix
+OPERATING_KEYS = ("sensitivity", "specificity", "threshold")
+
+
+def calibration_settings(cal_cfg: dict[str, Any] | None) -> dict[str, Any]:
+    return {**DEFAULT_CALIBRATION, **(cal_cfg or {})}
+
+
+def split_loader(dm, split: str):
+    if split == "val":
+        return dm.val_dataloader()
+    if split == "test":
+        return dm.test_dataloader()
+    raise ValueError(f"split={split!r} cannot be evaluated; choose val or test")
+
+
+def fit_calibration_state(outputs: SplitOutputs, num_classes: int, cal_cfg: dict[str, Any] | None) -> dict[str, Any]:
+    """The calibration dict for ``outputs`` (validation logits): the method's parameters, plus the operating
+    threshold for binary tasks."""
+    cfg = calibration_settings(cal_cfg)
+    if cfg["method"] == "platt" and num_classes != 2:
+        # reached after training: keep the run and calibrate anyway, rather than fail at the last step
+        log.warning("calibration=platt is for binary tasks and this one has %d classes; using temperature scaling "
+                    "instead (choose calibration=temperature or calibration=isotonic)", num_classes)
+        cfg["method"] = "temperature"
+    logits = outputs.logits[0]
+    state = fit_calibration(cfg["method"], logits, outputs.targets, int(cfg["max_iter"]))
+    if num_classes == 2:
+        p1 = calibrated_probs(logits.double(), state)[:, 1]
+        rule = cfg["threshold"]
+        state["threshold"] = choose_threshold(p1, outputs.targets, rule, cfg.get("target_sensitivity"))
+        state["threshold_rule"] = (f"sensitivity >= {cfg['target_sensitivity']}" if rule == "target_sensitivity"
+                                   else str(rule))
+    state["fitted_on"] = f"validation split ({len(outputs.targets)} images)"
+    return state
+
+
+def fit_on_validation(trainer: L.Trainer, model, dm, cal_cfg: dict[str, Any] | None) -> dict[str, Any]:
+    """Calibrate ``model`` on the validation split (all ranks take part; all get the same result)."""
+    outputs = collect_outputs(trainer, model, dm.val_dataloader(), expected_rows=len(dm.split_table("val")))
+    state = fit_calibration_state(outputs, model.num_classes, cal_cfg)
+    log.info("calibration: %s", describe(state))
+    return state
+
+
+def split_metrics(raw: torch.Tensor, final: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str],
+                  calibration: dict[str, Any] | None, prefix: str = "test/") -> dict[str, float]:
+    """``<prefix><metric>`` for the uncalibrated probabilities (argmax decisions), ``<prefix><metric>_calibrated``
+    for the calibrated ones (binary: at the operating threshold), and the operating point once, unsuffixed."""
+    state = calibration or {}
+    out = {f"{prefix}{k}": v for k, v in classification_metrics(raw, targets, class_names).items()}
+    fin = classification_metrics(final, targets, class_names, threshold=state.get("threshold"))
+    calibrated = state.get("method", "none") != "none"
+    for k, v in fin.items():
+        if k in OPERATING_KEYS:
+            out[f"{prefix}{k}"] = v
+        elif calibrated:
+            out[f"{prefix}{k}_calibrated"] = v
+    return out
+
+
+@dataclass
+class Evaluation:
+    """Everything one evaluation produced; ``metrics`` is what ``metrics.json`` holds."""
+
+    split: str
+    class_names: list[str]
+    targets: torch.Tensor
+    raw_probs: torch.Tensor
+    final_probs: torch.Tensor
+    calibration: dict[str, Any] | None
+    metrics: dict[str, float]
+    predictions: pd.DataFrame
+    views: list[str] = field(default_factory=lambda: ["identity"])
+
+    @property
+    def final_preds(self) -> torch.Tensor:
+        return predict_labels(self.final_probs, (self.calibration or {}).get("threshold"))
+
+
+def evaluate_split(trainer: L.Trainer, model, dm, split: str = "test",
+                   views: Sequence[str] = ("identity",)) -> Evaluation:
+    """Predict ``split`` with ``model`` (and its ``model.calibration``), on every rank; score it."""
+    table = dm.split_table(split)
+    outputs = collect_outputs(trainer, model, split_loader(dm, split), views, expected_rows=len(table))
+    ev = evaluation_from_outputs(outputs, table, model.class_names, model.calibration, split, views)
+    weight = model.class_weight.cpu() if model.class_weight is not None else None
+    ev.metrics[f"{split}/loss"] = float(F.cross_entropy(outputs.mean_logits().float(), outputs.targets,
+                                                        weight=weight,
+                                                        label_smoothing=model.hparams.label_smoothing))
+    return ev
+
+
+def evaluation_from_outputs(outputs: SplitOutputs, table: pd.DataFrame, class_names: Sequence[str],
+                            calibration: dict[str, Any] | None, split: str = "test",
+                            views: Sequence[str] = ("identity",)) -> Evaluation:
+    raw, final = outputs.probs(None), outputs.probs(calibration)
+    metrics = split_metrics(raw, final, outputs.targets, class_names, calibration, prefix=f"{split}/")
+    return Evaluation(split=split, class_names=list(class_names), targets=outputs.targets, raw_probs=raw,
+                      final_probs=final, calibration=calibration, metrics=metrics,
+                      predictions=predictions_table(outputs, table, class_names, calibration), views=list(views))
+
+
+def evaluation_figures(ev: Evaluation) -> dict[str, Any]:
+    """The standard figures of an evaluation, by file name (without .png)."""
+    names, m, p = ev.class_names, ev.metrics, f"{ev.split}/"
+    calibrated = (ev.calibration or {}).get("method", "none") != "none"
+    which = "calibrated" if calibrated else "uncalibrated"
+    cm = confusion_matrix(ev.final_preds, ev.targets, len(names))
+    threshold = (ev.calibration or {}).get("threshold")
+    figs = {
+        "confusion_matrix": plots.confusion_matrix_figure(cm, names, False, f"Confusion matrix ({ev.split}, {which})"),
+        "confusion_matrix_normalized": plots.confusion_matrix_figure(
+            cm, names, True, f"Confusion matrix, row-normalised ({ev.split}, {which})"),
+        "roc_curves": plots.roc_figure(ev.final_probs, ev.targets, names, threshold,
+                                       title=f"ROC curves ({ev.split}, {which})"),
+        "pr_curves": plots.pr_figure(ev.final_probs, ev.targets, names,
+                                     title=f"Precision-recall curves ({ev.split}, {which})"),
+    }
+    panels = [("uncalibrated", ev.raw_probs)]
+    eces, pos = [m.get(p + "ece")], [m.get(p + "ece_positive")]
+    if calibrated:
+        panels.append((f"calibrated ({ev.calibration['method']})", ev.final_probs))
+        eces.append(m.get(p + "ece_calibrated"))
+        pos.append(m.get(p + "ece_positive_calibrated"))
+    figs["reliability"] = plots.reliability_figure(panels, ev.targets, eces, pos, names)
+    series = [("uncalibrated", [m.get(f"{p}per_class/{c}/f1", 0.0) for c in names])]
+    if calibrated:
+        series.append(("calibrated", [m.get(f"{p}per_class/{c}/f1_calibrated", 0.0) for c in names]))
+    figs["per_class_f1"] = plots.per_class_f1_figure(names, series)
+    return figs
+
+
+def write_evaluation(ev: Evaluation, out_dir: Path, loggers: Sequence[Logger] = (), title: str = "Evaluation",
+                     facts: Sequence[tuple[str, str]] = ()) -> dict[str, Path]:
+    """Rank 0: metrics.json, predictions.csv, figures/, report.md in ``out_dir``; metrics and figures to loggers."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "metrics.json", ev.metrics)
+    ev.predictions.to_csv(out_dir / "predictions.csv", index=False)
+    figures = evaluation_figures(ev)
+    try:
+        paths = plots.save_figures(figures, out_dir / "figures")
+        log_to_loggers(loggers, ev.metrics, figures, ev.split)
+    finally:
+        plots.close_figures(figures)
+    facts = [*facts, ("split", f"{ev.split} ({len(ev.targets)} images)"),
+             ("calibration", describe(ev.calibration)),
+             ("test-time augmentation", ", ".join(ev.views) if len(ev.views) > 1 else "off")]
+    write_report(out_dir / "report.md", title, facts, ev.metrics, ev.class_names, paths, prefix=f"{ev.split}/")
+    return {"metrics": out_dir / "metrics.json", "predictions": out_dir / "predictions.csv",
+            "report": out_dir / "report.md", **paths}
+
+
+def log_to_loggers(loggers: Sequence[Logger], metrics: dict[str, float], figures: dict[str, Any],
+                   split: str) -> None:
+    for lg in loggers:
+        lg.log_metrics(metrics, step=0)
+        if isinstance(lg, TensorBoardLogger):
+            for name, fig in figures.items():
+                lg.experiment.add_figure(f"{split}/{name}", fig, global_step=0, close=False)
+        lg.save()

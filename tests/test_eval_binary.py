@@ -1,0 +1,77 @@
+"""A binary task through the evaluation pipeline without Lightning: calibration with an operating threshold,
+metrics, predictions table, figures and report."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from medimg.evaluation.calibration import calibrated_probs
+from medimg.evaluation.evaluator import evaluation_from_outputs, fit_calibration_state, write_evaluation
+from medimg.evaluation.predictions import SplitOutputs
+
+CLASSES = ["NORMAL", "PNEUMONIA"]
+
+
+def _outputs(n: int, seed: int, views: int = 1) -> SplitOutputs:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    margin = (y.float() * 2 - 1) * 1.2 + torch.randn(n, generator=g) * 1.5 + 0.8  # biased to class 1
+    logits = torch.stack([-margin, margin], 1) * 3  # over-confident
+    logits = torch.stack([logits + 0.1 * k * torch.randn(n, 2, generator=g) for k in range(views)])
+    return SplitOutputs(logits=logits, targets=y, rows=torch.arange(n))
+
+
+@pytest.mark.parametrize("method", ["temperature", "platt", "isotonic", "none"])
+def test_binary_calibration_and_threshold(method, tmp_path):
+    val, test = _outputs(400, 0), _outputs(300, 1)
+    state = fit_calibration_state(val, 2, {"method": method, "threshold": "youden"})
+    assert 0 < state["threshold"] < 1 and state["threshold_rule"] == "youden"
+    table = pd.DataFrame({"path": [f"img_{i}.png" for i in range(300)], "label": "x"})
+    ev = evaluation_from_outputs(test, table, CLASSES, state)
+    m = ev.metrics
+    assert {"test/sensitivity", "test/specificity", "test/threshold", "test/ece_positive"} <= set(m)
+    assert m["test/threshold"] == state["threshold"]
+    if method != "none":
+        assert m["test/nll_calibrated"] < m["test/nll"]
+        assert m["test/ece_calibrated"] < m["test/ece"]
+    else:
+        assert not any(k.endswith("_calibrated") for k in m)
+
+    paths = write_evaluation(ev, tmp_path, title="binary", facts=[("data set", "synthetic binary")])
+    pred = pd.read_csv(paths["predictions"])
+    p1 = calibrated_probs(test.logits[0].double(), state)[:, 1].numpy()
+    assert (pred["pred"] == ["PNEUMONIA" if v >= state["threshold"] else "NORMAL" for v in p1]).all()
+    assert json.loads(paths["metrics"].read_text()) == pytest.approx(m)
+    report = paths["report"].read_text()
+    assert "operating threshold" in report and "| sensitivity |" in report
+    assert (tmp_path / "figures" / "reliability.png").stat().st_size > 5000
+
+
+def test_target_sensitivity_rule_reaches_target_on_validation():
+    val = _outputs(500, 2)
+    state = fit_calibration_state(val, 2, {"method": "temperature", "threshold": "target_sensitivity",
+                                           "target_sensitivity": 0.95})
+    p1 = calibrated_probs(val.logits[0].double(), state)[:, 1]
+    sens = float(((p1 >= state["threshold"]) & (val.targets == 1)).sum() / (val.targets == 1).sum())
+    assert sens >= 0.95 and state["threshold_rule"] == "sensitivity >= 0.95"
+
+
+def test_tta_views_are_averaged_as_probabilities():
+    out = _outputs(50, 3, views=3)
+    state = {"method": "temperature", "temperature": 2.0}
+    expected = torch.stack([torch.softmax(z.double() / 2.0, -1) for z in out.logits]).mean(0)
+    torch.testing.assert_close(out.probs(state), expected)
+    torch.testing.assert_close(out.mean_logits().double().softmax(-1), out.probs(None), atol=1e-6, rtol=0)
+
+
+def test_platt_on_a_multiclass_task_falls_back_to_temperature(caplog):
+    g = torch.Generator().manual_seed(4)
+    out = SplitOutputs(logits=torch.randn(1, 100, 3, generator=g) * 3, targets=torch.randint(0, 3, (100,), generator=g),
+                       rows=torch.arange(100))
+    state = fit_calibration_state(out, 3, {"method": "platt"})
+    assert state["method"] == "temperature" and "threshold" not in state
+    assert "binary tasks" in caplog.text

@@ -1,0 +1,160 @@
+"""End of a training run and ``medimg.evaluate``: calibration stored in best.ckpt, metrics.json, predictions.csv,
+figures, report.md, TensorBoard, test-time augmentation, and the errors for bad checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import TINY, compose_train
+from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
+
+from medimg.checkpoints import CheckpointError, load_classifier
+from medimg.evaluation.runs import ClassMismatchError
+
+pytestmark = pytest.mark.slow
+
+FIGURES = {"confusion_matrix", "confusion_matrix_normalized", "roc_curves", "pr_curves", "reliability", "per_class_f1"}
+REQUIRED = ["test/accuracy", "test/balanced_accuracy", "test/precision_macro", "test/recall_macro", "test/f1_macro",
+            "test/auroc", "test/pr_auc", "test/nll", "test/brier", "test/ece", "test/mce", "test/loss",
+            "test/nll_calibrated", "test/ece_calibrated", "test/brier_calibrated"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny training run (tensorboard + csv loggers) shared by the tests of this module."""
+    from medimg.train import train
+
+    root = tmp_path_factory.mktemp("evalrun")
+    data = tmp_path_factory.mktemp("evaldata")
+    run = root / "run"
+    metrics = train(compose_train(run, data, [*TINY, "logger=many", "stage=full"]))
+    return {"run": run, "data": data, "metrics": metrics, "root": root}
+
+
+def _evaluate(trained, out, *overrides):
+    from hydra import compose, initialize_config_dir
+
+    from medimg.evaluate import evaluate
+    from medimg.train import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=[
+            f"paths.root_dir={trained['root']}", f"paths.output_dir={out}", f"paths.data_dir={trained['data']}",
+            "dataset=synthetic", "dataset.num_images=160", "dataset.img_size=32", "dataset.num_workers=0",
+            "trainer.enable_progress_bar=false", "logger=csv", f"output_dir={out}", *overrides])
+    return evaluate(cfg)
+
+
+def test_run_writes_metrics_predictions_figures_report(trained):
+    run, metrics = trained["run"], trained["metrics"]
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved == pytest.approx(metrics)
+    for key in REQUIRED:
+        assert key in saved, key
+    classes = ["nevus", "melanoma", "keratosis", "vascular"]
+    for c in classes:
+        for m in ("precision", "recall", "f1", "support"):
+            assert f"test/per_class/{c}/{m}" in saved
+    assert {p.stem for p in (run / "figures").glob("*.png")} == FIGURES
+    assert all(p.stat().st_size > 5000 for p in (run / "figures").glob("*.png"))
+    report = (run / "report.md").read_text()
+    assert "| ECE (top label, 15 bins) |" in report and "temperature, T = " in report
+    for name in FIGURES:
+        assert f"(figures/{name}.png)" in report
+
+    pred = pd.read_csv(run / "predictions.csv")
+    expected_cols = ["path", "label", "pred", *[f"prob_{c}" for c in classes],
+                     *[f"prob_calibrated_{c}" for c in classes]]
+    assert list(pred.columns) == expected_cols
+    assert pred["path"].is_unique and len(pred) == sum(saved[f"test/per_class/{c}/support"] for c in classes)
+    # the files agree with each other: metrics recomputed from predictions.csv with scikit-learn
+    y = pred["label"].map(classes.index).to_numpy()
+    raw = pred[[f"prob_{c}" for c in classes]].to_numpy()
+    cal = pred[[f"prob_calibrated_{c}" for c in classes]].to_numpy()
+    assert saved["test/accuracy"] == pytest.approx(accuracy_score(y, raw.argmax(1)), abs=1e-6)
+    assert saved["test/nll"] == pytest.approx(log_loss(y, raw, labels=range(4)), abs=1e-6)
+    assert saved["test/nll_calibrated"] == pytest.approx(log_loss(y, cal, labels=range(4)), abs=1e-6)
+    assert saved["test/auroc_calibrated"] == pytest.approx(roc_auc_score(y, cal, multi_class="ovr"), abs=1e-6)
+    assert (pred["pred"] == [classes[k] for k in cal.argmax(1)]).all()
+
+
+def test_best_checkpoint_carries_the_calibration(trained):
+    ckpt = trained["run"] / "checkpoints" / "best.ckpt"
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state = raw["medimg"]["calibration"]
+    assert state["method"] == "temperature" and isinstance(state["temperature"], float) and state["temperature"] > 0
+    assert state["val_nll_after"] <= state["val_nll_before"]
+    model, _ = load_classifier(ckpt)
+    assert model.calibration == state
+
+
+def test_tensorboard_gets_metrics_and_figures(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = list((trained["run"] / "tensorboard" / "test").glob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent), size_guidance={"images": 0, "scalars": 0}).Reload()
+    assert {f"test/{n}" for n in FIGURES} <= set(acc.Tags()["images"])
+    assert "test/ece_calibrated" in acc.Tags()["scalars"]
+
+
+def test_evaluate_reproduces_the_run_metrics(trained, tmp_path):
+    out = tmp_path / "again"
+    metrics = _evaluate(trained, out, f"ckpt_path={trained['run'] / 'checkpoints' / 'best.ckpt'}")
+    assert metrics == pytest.approx(trained["metrics"], abs=1e-6)
+    assert (out / "report.md").is_file() and (out / "predictions.csv").is_file()
+    assert {p.stem for p in (out / "figures").glob("*.png")} == FIGURES
+
+
+def test_evaluate_with_tta_averages_views(trained, tmp_path):
+    out = tmp_path / "tta"
+    metrics = _evaluate(trained, out, f"ckpt_path={trained['run'] / 'checkpoints' / 'best.ckpt'}", "tta=true",
+                        "tta_views=[hflip,vflip,rot180]")
+    plain = pd.read_csv(trained["run"] / "predictions.csv")
+    tta = pd.read_csv(out / "predictions.csv")
+    assert (plain["path"] == tta["path"]).all()
+    assert not np.allclose(plain.filter(like="prob_").to_numpy(), tta.filter(like="prob_").to_numpy())
+    np.testing.assert_allclose(tta.filter(like="prob_calibrated_").sum(1), 1.0, atol=1e-9)
+    assert set(REQUIRED) <= set(metrics)
+    assert "identity, hflip, vflip, rot180" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("method", ["isotonic", "none"])
+def test_evaluate_recalibrate(trained, tmp_path, method):
+    out = tmp_path / method
+    metrics = _evaluate(trained, out, f"ckpt_path={trained['run'] / 'checkpoints' / 'best.ckpt'}",
+                        "recalibrate=true", f"calibration={method}")
+    cols = pd.read_csv(out / "predictions.csv").columns
+    if method == "none":
+        assert not any(k.endswith("_calibrated") for k in metrics)
+        assert not any(c.startswith("prob_calibrated_") for c in cols)
+    else:
+        assert "test/ece_calibrated" in metrics and any(c.startswith("prob_calibrated_") for c in cols)
+        assert f"{method}" in (out / "report.md").read_text()
+
+
+def test_missing_and_corrupt_checkpoints_are_named(trained, tmp_path):
+    missing = tmp_path / "nope" / "best.ckpt"
+    with pytest.raises(CheckpointError, match=str(missing)):
+        _evaluate(trained, tmp_path / "o1", f"ckpt_path={missing}")
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match=str(corrupt)):
+        _evaluate(trained, tmp_path / "o2", f"ckpt_path={corrupt}")
+
+
+def test_class_mismatch_lists_both(trained, tmp_path):
+    ckpt = torch.load(trained["run"] / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    other = ["benign", "malignant", "other", "unknown"]
+    ckpt["hyper_parameters"]["class_names"] = other
+    ckpt["medimg"]["class_names"] = other
+    path = tmp_path / "other_classes.ckpt"
+    torch.save(ckpt, path)
+    with pytest.raises(ClassMismatchError) as err:
+        _evaluate(trained, tmp_path / "o3", f"ckpt_path={path}")
+    msg = str(err.value)
+    assert str(other) in msg and "['nevus', 'melanoma', 'keratosis', 'vascular']" in msg and str(path) in msg

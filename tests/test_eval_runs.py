@@ -1,0 +1,45 @@
+"""Run folders: the checkpoint's run, the run's data set (with +dataset.<key> adjustments), class checks."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from medimg.evaluate import dataset_config
+from medimg.evaluation.runs import ClassMismatchError, check_classes, dataset_of_run, run_dir_of
+
+
+def _run_with_config(tmp_path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    saved = {"paths": {"data_dir": "/old/data"},
+             "dataset": {"name": "synthetic", "source": "synthetic", "root": "${paths.data_dir}/synthetic/n8",
+                         "eval_batch_size": 128}}
+    OmegaConf.save(OmegaConf.create(saved), run / ".hydra" / "config.yaml")
+    return run
+
+
+def test_dataset_of_run_resolves_against_current_paths(tmp_path):
+    run = _run_with_config(tmp_path)
+    assert run_dir_of(run / "checkpoints" / "best.ckpt") == run.resolve()
+    d = dataset_of_run(run, OmegaConf.create({"data_dir": "/new/data"}))
+    assert d["root"] == "/new/data/synthetic/n8"
+
+
+def test_dataset_config_choices(tmp_path):
+    run = _run_with_config(tmp_path)
+    cfg = OmegaConf.create({"paths": {"data_dir": "/new/data"}})
+    assert dataset_config({"dataset": None}, run, cfg)["eval_batch_size"] == 128
+    adjusted = dataset_config({"dataset": {"eval_batch_size": 8}}, run, cfg)  # +dataset.eval_batch_size=8
+    assert adjusted["eval_batch_size"] == 8 and adjusted["root"] == "/new/data/synthetic/n8"
+    other = {"name": "folder", "source": "folder", "root": "/x"}
+    assert dataset_config({"dataset": other}, run, cfg) == other  # dataset=folder ...
+    with pytest.raises(FileNotFoundError, match="pass dataset=<name>"):
+        dataset_config({"dataset": None}, tmp_path, cfg)
+
+
+def test_class_check_lists_both():
+    check_classes(["a", "b"], ["a", "b"], "m.ckpt", "d")
+    with pytest.raises(ClassMismatchError, match=r"\['a', 'b'\].*\['b', 'a'\].*another order"):
+        check_classes(["a", "b"], ["b", "a"], "m.ckpt", "d")
