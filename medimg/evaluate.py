@@ -22,6 +22,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from medimg.checkpoints import load_classifier
+from medimg.console import quiet_third_party
 from medimg.data.datamodule import MedImageDataModule
 from medimg.evaluation import cross_validation as cv
 from medimg.evaluation.calibration import describe
@@ -146,6 +147,7 @@ def evaluate_cross_validation(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    quiet_third_party()
     evaluate(cfg)
 
 

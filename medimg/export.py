@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from medimg.checkpoints import CheckpointError, load_classifier
+from medimg.console import quiet_third_party
 from medimg.evaluation.calibration import calibrated_probs, describe
 from medimg.predict import preprocessing_of
 
@@ -197,6 +198,7 @@ def export(cfg: dict[str, Any]) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
 def main(cfg: DictConfig) -> None:
+    quiet_third_party()
     try:
         export(OmegaConf.to_container(cfg, resolve=True))
     except (ExportError, CheckpointError) as e:

@@ -26,6 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from medimg.checkpoints import CheckpointError, load_classifier
+from medimg.console import quiet_third_party
 from medimg.data.readers import IMAGE_SUFFIXES, UnreadableImageError, is_image_file, read_image
 from medimg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from medimg.evaluation.calibration import calibrated_probs, describe
@@ -317,6 +318,7 @@ def expand_shorthands(argv: list[str]) -> list[str]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
 def main(cfg: DictConfig) -> None:
+    quiet_third_party()
     c = OmegaConf.to_container(cfg, resolve=True)
     try:
         predict(c)

@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from medimg.checkpoints import read_medimg_state
+from medimg.console import quiet_third_party
 from medimg.data.datamodule import MedImageDataModule
 from medimg.evaluation.calibration import save_with_calibration
 from medimg.evaluation.evaluator import Evaluation, evaluate_split, fit_on_validation, write_evaluation
@@ -172,6 +173,7 @@ def _pin_memory(setting, accelerator: str) -> bool:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    quiet_third_party()
     metrics = train(cfg)
     name = cfg.get("optimized_metric")
     if name and name not in metrics:

@@ -11,6 +11,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from medimg.checkpoints import CheckpointError, load_classifier
+from medimg.console import quiet_third_party
 from medimg.explain.faithfulness import DEFAULT_PERCENTILES
 from medimg.explain.sanity import format_report, load_masked_split, sanity_report, save_examples
 from medimg.predict import preprocessing_of, resolve_device
@@ -53,6 +54,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="explain")
 def main(cfg: DictConfig) -> None:
+    quiet_third_party()
     try:
         run(OmegaConf.to_container(cfg, resolve=True))
     except (CheckpointError, FileNotFoundError, ValueError) as e:
