@@ -11,10 +11,13 @@ from lightning.pytorch.callbacks import (
     EarlyStopping,
     LearningRateMonitor,
     ModelCheckpoint,
+    ModelSummary,
     RichProgressBar,
 )
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
+from medimg.callbacks.gradcam_logger import GradCamLogger
+from medimg.callbacks.step_timer import StepTimer
 from medimg.hardware import resolve_accelerator, resolve_deterministic, resolve_precision
 
 # keys of the trainer config that are ours, not Trainer arguments
@@ -57,12 +60,14 @@ def build_phase_trainer(cfg: dict[str, Any], phase: str, epochs: int, patience: 
     """The Trainer for one phase: its own epochs, early stopping and best checkpoint ``<phase>-best.ckpt``."""
     cb_cfg = cfg.get("callbacks") or {}
     ck = cb_cfg.get("checkpoint") or {}
+    top_k = ck.get("save_top_k", 1)
+    # fixed names, overwritten in place: <phase>-best.ckpt, and one last.ckpt that each phase takes over
     checkpoint = ModelCheckpoint(
-        dirpath=str(run_dir / "checkpoints"), filename=f"{phase}-best", monitor=cfg["monitor"],
-        mode=cfg["monitor_mode"], save_top_k=ck.get("save_top_k", 1), save_last=ck.get("save_last", True),
-        auto_insert_metric_name=False,
+        dirpath=str(run_dir / "checkpoints"), filename=f"{phase}-best" if top_k == 1 else f"{phase}-{{epoch:02d}}",
+        monitor=cfg["monitor"], mode=cfg["monitor_mode"], save_top_k=top_k, save_last=ck.get("save_last", True),
+        auto_insert_metric_name=False, enable_version_counter=False,
     )
-    callbacks: list[Callback] = [checkpoint]
+    callbacks: list[Callback] = [checkpoint, ModelSummary(max_depth=cb_cfg.get("model_summary_depth", 1))]
     es = cb_cfg.get("early_stopping") or {}
     if es.get("enabled", True) and patience is not None:
         callbacks.append(EarlyStopping(monitor=cfg["monitor"], mode=cfg["monitor_mode"], patience=int(patience),
@@ -70,6 +75,12 @@ def build_phase_trainer(cfg: dict[str, Any], phase: str, epochs: int, patience: 
     loggers = build_loggers(cfg.get("logger"), run_dir, phase)
     if loggers and cb_cfg.get("lr_monitor", True):
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    gc = cb_cfg.get("gradcam") or {}
+    if gc.get("enabled", False) and any(isinstance(lg, TensorBoardLogger) for lg in loggers):
+        callbacks.append(GradCamLogger(every_n_epochs=gc.get("every_n_epochs", 4), num_images=gc.get("num_images", 8),
+                                       method=gc.get("method", "gradcam"), layer=gc.get("layer")))
+    if cb_cfg.get("throughput", False):
+        callbacks.append(StepTimer(run_dir / "throughput.json"))
     kw = trainer_kwargs(cfg["trainer"])
     if kw.get("enable_progress_bar", True) and cb_cfg.get("rich_progress", True):
         callbacks.append(RichProgressBar())
