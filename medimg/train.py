@@ -9,6 +9,7 @@ test split (``metrics.json``, ``predictions.csv``, ``figures/``, ``report.md``);
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from medimg.checkpoints import read_medimg_state
 from medimg.console import quiet_third_party
 from medimg.data.datamodule import MedImageDataModule
+from medimg.data.features import FeatureDataModule
 from medimg.evaluation.calibration import save_with_calibration
 from medimg.evaluation.evaluator import Evaluation, evaluate_split, fit_on_validation, write_evaluation
 from medimg.hardware import resolve_accelerator, resolve_channels_last, resolve_precision
@@ -37,7 +39,7 @@ def build_model(cfg: dict[str, Any], dm: MedImageDataModule) -> ImageClassifier:
     accelerator = resolve_accelerator(cfg["trainer"]["accelerator"])
     precision = resolve_precision(cfg["trainer"]["precision"], accelerator)
     b, m = cfg["backbone"], cfg["model"]
-    return ImageClassifier(
+    model = ImageClassifier(
         backbone=b["name"], class_names=dm.class_names, weights=b.get("weights"), dropout=b.get("dropout", 0.2),
         class_weights=dm.class_weights().tolist() if cfg["dataset"].get("class_weights", True) else None,
         optimizer=m["optimizer"], weight_decay=m["weight_decay"], momentum=m.get("momentum", 0.9),
@@ -46,6 +48,12 @@ def build_model(cfg: dict[str, Any], dm: MedImageDataModule) -> ImageClassifier:
         channels_last=resolve_channels_last(m.get("channels_last", "auto"), accelerator, precision),
         preprocess=eval_preprocessing(cfg["dataset"]),
     )
+    if m.get("compile", False):
+        if accelerator == "cpu" and not (shutil.which("c++") or shutil.which("g++")):
+            raise RuntimeError("model.compile=true on the CPU needs a C++ compiler for torch.compile's generated "
+                               "kernels (install g++), or set model.compile=false")
+        model.net.compile()  # in place: parameter names (and so checkpoints) stay those of the eager network
+    return model
 
 
 def eval_preprocessing(d: dict[str, Any]) -> dict[str, Any]:
@@ -85,13 +93,28 @@ def run_phases(cfg: dict[str, Any], model: ImageClassifier, dm: MedImageDataModu
         log.info("phase %r: training %s + head (%d parameters) for up to %d epochs at lr %g",
                  name, model.phase["train_blocks"] or "nothing of the backbone", n_train, epochs, ph["lr"])
         trainer, ckpt = build_phase_trainer(cfg, name, epochs, ph.get("patience"), run_dir)
-        trainer.fit(model, datamodule=dm, ckpt_path=resume_from if i == start else None)
+        data = phase_data(name, ph, model, dm)
+        trainer.fit(model, datamodule=data, ckpt_path=resume_from if i == start else None)
         if ckpt.best_model_path:
             score = ckpt.best_model_score
             model.phases_done[name] = {"best_path": ckpt.best_model_path,
                                        "best_score": float(score) if score is not None else None}
             load_weights(model, ckpt.best_model_path)  # the next phase (and test) starts from the best
     return model.phases_done
+
+
+def phase_data(name: str, ph: dict[str, Any], model: ImageClassifier,
+               dm: MedImageDataModule) -> MedImageDataModule | FeatureDataModule:
+    """The images, or (``feature_cache: true`` on a frozen backbone) backbone features computed once."""
+    if not ph.get("feature_cache", False):
+        return dm
+    if model.phase["train_blocks"]:
+        raise ValueError(f"stage.phases.{name}.feature_cache=true needs a frozen backbone, but the phase trains "
+                         f"{model.phase['train_blocks']}; set stage.phases.{name}.train_blocks=[] or "
+                         f"stage.phases.{name}.feature_cache=false")
+    log.info("phase %r trains the head on backbone features computed once (no augmentation; "
+             "stage.phases.%s.feature_cache=false trains it on augmented images)", name, name)
+    return FeatureDataModule(dm)
 
 
 def pick_best(phases_done: dict[str, dict[str, Any]], mode: str) -> str | None:

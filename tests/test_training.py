@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -141,3 +142,12 @@ def test_resume_in_stage_one_with_plateau_then_fine_tunes(tiny_cfg, init_weights
     assert _changed(head, ft, "layer4.")
     for block in FROZEN_BLOCKS:
         assert not _changed(head, ft, block)
+
+
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_network_trains_and_saves_eager_parameter_names(tiny_cfg, tmp_path):
+    metrics = train(tiny_cfg("stage=scratch", "model.compile=true", "dataset.img_size=32", "calibration=none"))
+    assert metrics["test/auroc"] == metrics["test/auroc"]  # not NaN: the compiled net trained and was tested
+    sd = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    eager = {f"net.{k}" for k in build_backbone("resnet18", num_classes=4).state_dict()}
+    assert {k for k in sd["state_dict"] if k.startswith("net.")} == eager  # no _orig_mod. prefixes

@@ -7,7 +7,9 @@ workers filling their queues) are left out. Each phase of a stage gets its own e
 
     {"<phase>": {"images_per_s": ..., "steps_per_s": ..., "step_s": [...], ...}}
 
-The warm-up steps' times are kept apart (``warmup_step_s``).
+The warm-up steps' times are kept apart (``warmup_step_s``). ``fit_s`` is the whole fit's wall time (loader
+start-up, feature extraction of a feature-cached phase and validation included) and ``images_per_s_fit`` all
+images trained over it: the figure of a phase whose steps are not all alike.
 ``images_per_s`` is the batch size over the median step time; ``images_per_s_mean`` is all timed images
 over all timed seconds. ``max_rss_mib`` is the training process's peak resident memory (without loader
 workers, which are separate processes).
@@ -73,6 +75,10 @@ class StepTimer(Callback):
         self.step_s: list[float] = []
         self.sizes: list[int] = []
         self._last: float | None = None
+        self._fit_start: float | None = None
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._fit_start = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._last = time.perf_counter()  # the first step includes fetching the first batch
@@ -94,7 +100,14 @@ class StepTimer(Callback):
             return
         phase = getattr(pl_module, "phase", {}).get("name", "fit")
         entry = summarise(self.step_s, self.sizes, self.warmup)
-        entry.update(precision=str(trainer.precision), max_rss_mib=round(max_rss_mib(), 1))
+        entry.update(precision=str(trainer.precision), max_rss_mib=round(max_rss_mib(), 1),
+                     epochs=trainer.current_epoch, images_trained=sum(self.sizes))
+        if self._fit_start is not None:
+            fit_s = time.perf_counter() - self._fit_start
+            entry.update(fit_s=round(fit_s, 3), images_per_s_fit=sum(self.sizes) / fit_s)
+        extract_s = getattr(trainer.datamodule, "extract_s", None)
+        if extract_s:
+            entry["feature_extract_s"] = {k: round(v, 3) for k, v in extract_s.items()}
         data = json.loads(self.path.read_text()) if self.path.is_file() else {}
         data[phase] = entry
         write_json(self.path, data)

@@ -33,6 +33,14 @@ def class_weights_from_counts(counts: list[int]) -> torch.Tensor:
     return (w / w.sum() * len(counts)).float()
 
 
+def eval_sampler(dataset) -> UnrepeatedDistributedSampler | None:
+    """Under DDP every rank sees each val/test item exactly once (no padding duplicates), so metrics reduced
+    across ranks equal the single-process ones (Lightning leaves DistributedSamplers alone); else None."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return UnrepeatedDistributedSampler(dataset, shuffle=False)
+    return None
+
+
 class MedImageDataModule(L.LightningDataModule):
     """Builds train/val/test loaders from a ``dataset`` config (see conf/dataset/)."""
 
@@ -97,6 +105,7 @@ class MedImageDataModule(L.LightningDataModule):
                                    color_jitter=c.get("color_jitter", 0.2))
         eval_tf = eval_transform(size, c.get("eval_resize", 1.0), c.get("mean"), c.get("std"))
         reader = self._image_cache(size) if c.get("cache", False) else read_image
+        self.eval_tf, self.reader = eval_tf, reader
         for split, tf in (("train", train_tf), ("val", eval_tf), ("test", eval_tf)):
             self.datasets[split] = ImageTable(self.split_table(split), self.class_names, tf, reader=reader)
         log.info("dataset %s: %d images, classes %s\n%s", c.get("name"), len(self.table), self.class_names,
@@ -131,15 +140,20 @@ class MedImageDataModule(L.LightningDataModule):
         c = self.cfg
         workers = int(c.get("num_workers", 0))
         bs = int(c["batch_size"] if split == "train" else c.get("eval_batch_size", c["batch_size"]))
-        sampler = None
-        if split != "train" and torch.distributed.is_available() and torch.distributed.is_initialized():
-            # every rank sees each val/test image exactly once (no padding duplicates), so metrics
-            # reduced across ranks equal the single-process ones; Lightning leaves DistributedSamplers alone
-            sampler = UnrepeatedDistributedSampler(self.datasets[split], shuffle=False)
+        sampler = eval_sampler(self.datasets[split]) if split != "train" else None
         return DataLoader(
             self.datasets[split], batch_size=bs, shuffle=shuffle if sampler is None else False, sampler=sampler,
             num_workers=workers, pin_memory=self.pin_memory, persistent_workers=workers > 0, drop_last=False,
         )
+
+    def unaugmented_loader(self, split: str) -> DataLoader:
+        """Every image of ``split`` once, in order, with the eval transform (no augmentation), on every rank:
+        what feature extraction reads (see data/features.py)."""
+        c = self.cfg
+        workers = int(c.get("num_workers", 0))
+        ds = ImageTable(self.split_table(split), self.class_names, self.eval_tf, reader=self.reader)
+        return DataLoader(ds, batch_size=int(c.get("eval_batch_size", c["batch_size"])), shuffle=False,
+                          num_workers=workers, pin_memory=self.pin_memory, drop_last=False)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -100,13 +100,18 @@ class ImageClassifier(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (NxCxHxW) through the whole network; backbone features (NxD, a feature-cached phase,
+        see data/features.py) through the head only."""
+        return getattr(self.net, HEAD)(x) if x.ndim == 2 else self(x)
+
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), y, weight=self.class_weight,
                                label_smoothing=self.hparams.label_smoothing)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
-        logits = self(x)
+        logits = self._logits(x)
         loss = self._loss(logits, y)
         self._nonfinite |= ~torch.isfinite(loss.detach())
         if (batch_idx + 1) % self.hparams.nan_check_every == 0:
@@ -130,7 +135,7 @@ class ImageClassifier(L.LightningModule):
 
     def _eval_step(self, batch, metrics: MetricCollection, loss_metric: MeanMetric) -> torch.Tensor:
         x, y = batch[0], batch[1]
-        logits = self(x).float()
+        logits = self._logits(x).float()
         loss_metric.update(self._loss(logits, y), weight=len(y))
         metrics.update(logits.softmax(-1), y)
         return logits

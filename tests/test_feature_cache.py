@@ -1,0 +1,89 @@
+"""Feature-cached head phase: features equal the frozen backbone's, the head trains on them, and the model it
+produces scores on images exactly as it scored on the cached features."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from medimg.data.datamodule import MedImageDataModule
+from medimg.data.features import extract_features, head_removed
+from medimg.models.classifier import ImageClassifier
+from medimg.train import train
+
+
+@pytest.fixture
+def tiny_dm(tiny_cfg):
+    cfg = OmegaConf.to_container(tiny_cfg(), resolve=True)
+    dm = MedImageDataModule(cfg["dataset"])
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_extracted_features_are_the_backbone_output_in_eval_mode(tiny_dm):
+    torch.manual_seed(0)
+    model = ImageClassifier("resnet18", tiny_dm.class_names, weights=None, channels_last=True)
+    model.set_phase("head", [], 1e-3, 1)
+    model.train()
+    feats, targets, index = extract_features(model, tiny_dm.unaugmented_loader("val"))
+    assert model.training and model.net.layer1.training is False  # mode restored (frozen blocks stay eval)
+    assert isinstance(model.net.fc, torch.nn.Sequential)  # the head is back
+
+    table = tiny_dm.split_table("val")
+    assert feats.shape == (len(table), 512) and feats.dtype == torch.float32
+    assert torch.equal(index, torch.arange(len(table)))
+    assert targets.tolist() == [tiny_dm.class_names.index(lb) for lb in table["label"]]
+    x = torch.stack([tiny_dm.datasets["val"][i][0] for i in range(4)])  # val: the eval transform too
+    model.eval()
+    with torch.no_grad(), head_removed(model.net):
+        ref = model.net(x)
+    assert torch.allclose(feats[:4], ref, atol=1e-5)
+    with torch.no_grad():  # the head on the features gives the model's logits on the images
+        assert torch.allclose(model._logits(feats[:4]), model(x), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_feature_cached_head_phase_trains_the_head_only_and_scores_like_images(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("stage=head", "stage.phases.head.feature_cache=true", "trainer.max_epochs=3",
+                   "trainer.precision=32", "callbacks.early_stopping.enabled=false", "callbacks.throughput=true",
+                   "test=false")
+    train(cfg)
+    run = tmp_path / "run"
+    ck = torch.load(run / "checkpoints" / "head-best.ckpt", map_location="cpu", weights_only=True)
+    trained = {k.removeprefix("net."): v for k, v in ck["state_dict"].items() if k.startswith("net.")}
+    torch.manual_seed(cfg.seed)  # as train() seeds before it builds the model: the initial weights
+    initial = ImageClassifier("resnet18", ["a", "b", "c", "d"], weights=None).net.state_dict()
+    for k, v in initial.items():
+        if k.startswith("fc."):
+            assert not torch.equal(v, trained[k]), f"head weight {k} did not train"
+        else:
+            assert torch.equal(v, trained[k]), f"backbone tensor {k} changed in a feature-cached head phase"
+
+    # the best score logged on cached val features equals the best model's score on the val images
+    c = OmegaConf.to_container(cfg, resolve=True)
+    dm = MedImageDataModule(c["dataset"])
+    dm.setup("fit")
+    model = ImageClassifier("resnet18", dm.class_names, weights=None)
+    model.load_state_dict(ck["state_dict"])
+    model.eval()
+    with torch.no_grad():
+        for x, y, _ in dm.val_dataloader():
+            model.val_metrics.update(model(x).softmax(-1), y)
+    on_images = float(model.val_metrics.compute()["val/auroc"])
+    best = next(iter(v for k, v in ck["callbacks"].items() if k.startswith("ModelCheckpoint")))["best_model_score"]
+    assert on_images == pytest.approx(float(best), abs=1e-6)
+
+    timing = json.loads((run / "throughput.json").read_text())["head"]
+    assert timing["epochs"] == 3 and timing["images_trained"] == 3 * len(dm.split_table("train"))
+    assert set(timing["feature_extract_s"]) == {"train", "val"}
+    assert timing["images_per_s_fit"] > 0
+
+
+def test_feature_cache_on_a_trained_block_is_refused(tiny_cfg):
+    cfg = tiny_cfg("stage=finetune", "+stage.phases.finetune.feature_cache=true")
+    with pytest.raises(ValueError, match=r"stage.phases.finetune.feature_cache=true needs a frozen backbone"):
+        train(cfg)
