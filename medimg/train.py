@@ -44,7 +44,8 @@ def build_model(cfg: dict[str, Any], dm: MedImageDataModule) -> ImageClassifier:
         class_weights=dm.class_weights().tolist() if cfg["dataset"].get("class_weights", True) else None,
         optimizer=m["optimizer"], weight_decay=m["weight_decay"], momentum=m.get("momentum", 0.9),
         scheduler=m["scheduler"], step_size=m.get("step_size", 5), gamma=m.get("gamma", 0.1),
-        label_smoothing=m.get("label_smoothing", 0.0),
+        label_smoothing=m.get("label_smoothing", 0.0), nan_check_every=int(m.get("nan_check_every", 20)),
+        step_loss_in_bar=_resolve_auto(m.get("step_loss_in_bar", "auto"), accelerator == "cpu"),
         channels_last=resolve_channels_last(m.get("channels_last", "auto"), accelerator, precision),
         preprocess=eval_preprocessing(cfg["dataset"]),
     )
@@ -188,6 +189,10 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v if isinstance(v, int | float | str | bool) else str(v)
     return out
+
+
+def _resolve_auto(setting, auto_value: bool) -> bool:
+    return auto_value if setting in ("auto", None) else bool(setting)
 
 
 def _pin_memory(setting, accelerator: str) -> bool:

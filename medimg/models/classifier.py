@@ -24,12 +24,15 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-def _metrics(num_classes: int, prefix: str) -> MetricCollection:
+def _metrics(num_classes: int, prefix: str, validate_args: bool = True) -> MetricCollection:
+    """``validate_args=False`` for the training metrics: their input checks read values back from the
+    device (a host sync) on every update, and the inputs are the model's own softmax and the loader's labels."""
+    kw = {"validate_args": validate_args}
     return MetricCollection(
         {
-            "accuracy": MulticlassAccuracy(num_classes, average="micro"),
-            "auroc": MulticlassAUROC(num_classes, average="macro"),
-            "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+            "accuracy": MulticlassAccuracy(num_classes, average="micro", **kw),
+            "auroc": MulticlassAUROC(num_classes, average="macro", **kw),
+            "f1_macro": MulticlassF1Score(num_classes, average="macro", **kw),
         },
         prefix=prefix,
     )
@@ -52,6 +55,7 @@ class ImageClassifier(L.LightningModule):
         label_smoothing: float = 0.0,
         channels_last: bool = False,
         nan_check_every: int = 20,
+        step_loss_in_bar: bool = True,
         preprocess: dict[str, Any] | None = None,  # eval img_size/resize/mean/std, kept for predict and export
     ):
         super().__init__()
@@ -64,7 +68,7 @@ class ImageClassifier(L.LightningModule):
         self.blocks = blocks_of(backbone)
         cw = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.register_buffer("class_weight", cw, persistent=False)
-        self.train_metrics = _metrics(self.num_classes, "train/")
+        self.train_metrics = _metrics(self.num_classes, "train/", validate_args=False)
         self.val_metrics = _metrics(self.num_classes, "val/")
         self.test_metrics = _metrics(self.num_classes, "test/")
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
@@ -117,7 +121,9 @@ class ImageClassifier(L.LightningModule):
         if (batch_idx + 1) % self.hparams.nan_check_every == 0:
             self._check_finite(batch_idx)
         self.train_metrics.update(logits.detach().float().softmax(-1), y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        # in the progress bar, the per-step loss is read back from the device after every step (a host sync)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=self.hparams.step_loss_in_bar,
+                 batch_size=len(y))
         return loss
 
     def _check_finite(self, batch_idx: int) -> None:
