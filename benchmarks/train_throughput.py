@@ -311,7 +311,10 @@ def loader_pipelines(size: int) -> dict[str, tuple[str, Any]]:
         "baseline: PIL decode + PIL transforms": ("pil", baseline),
         "medimg: JPEG decode + train transform": ("jpeg", medimg),
         "medimg: cache + train transform (the default)": ("cache", medimg),
-        "variant: cache + torchvision v2 ColorJitter and RandomRotation on uint8 tensors": ("cache", v2_tensors),
+        "variant: cache + torchvision v2 ColorJitter and RandomRotation on uint8 tensors": (
+            "cache",
+            v2_tensors,
+        ),
     }
 
 
@@ -528,13 +531,16 @@ class Bench:
         if kind == "medimg" and spec.get("fit_epochs"):
             entry = next(iter(json.loads((run_dir / "throughput.json").read_text()).values()))
             n_train = entry["images_trained"] // entry["epochs"]
-            step_s, extra_info = [], {
-                "fit_s": entry["fit_s"],
-                "epochs": entry["epochs"],
-                "extract_img_s": n_train / entry["feature_extract_s"]["train"]
-                if entry.get("feature_extract_s")
-                else None,
-            }
+            step_s, extra_info = (
+                [],
+                {
+                    "fit_s": entry["fit_s"],
+                    "epochs": entry["epochs"],
+                    "extract_img_s": n_train / entry["feature_extract_s"]["train"]
+                    if entry.get("feature_extract_s")
+                    else None,
+                },
+            )
         elif kind == "medimg":
             entry = next(iter(json.loads((run_dir / "throughput.json").read_text()).values()))
             all_steps = entry.get("warmup_step_s", []) + entry["step_s"]
@@ -582,11 +588,18 @@ def main_table(b: Bench, models: list[str], stages: list[str]) -> list[str]:
             r = {"baseline": b.run("baseline", model, stage, "baseline")}
             if stage == "head":  # the default: features computed once, the head trains on them
                 r["medimg"] = b.run(
-                    "medimg", model, stage, f"medimg ({b.args.head_epochs} epochs incl. feature extraction)",
+                    "medimg",
+                    model,
+                    stage,
+                    f"medimg ({b.args.head_epochs} epochs incl. feature extraction)",
                     fit_epochs=b.args.head_epochs,
                 )
                 r["images"] = b.run(
-                    "medimg", model, stage, "medimg, feature_cache=false", ["stage.phases.head.feature_cache=false"]
+                    "medimg",
+                    model,
+                    stage,
+                    "medimg, feature_cache=false",
+                    ["stage.phases.head.feature_cache=false"],
                 )
             else:
                 r["medimg"] = b.run("medimg", model, stage, "medimg")
@@ -698,7 +711,10 @@ def options_table(b: Bench, model: str) -> list[str]:
     for stage, kind in dict.fromkeys((s, k) for s, _, k, *_ in OPTIONS):
         rkind, rextra, rlabel = refs[kind]
         if (stage, kind) == ("head", "medimg"):  # the options change the image path of the head phase
-            rextra, rlabel = ["stage.phases.head.feature_cache=false"], "reference: medimg, feature_cache=false"
+            rextra, rlabel = (
+                ["stage.phases.head.feature_cache=false"],
+                "reference: medimg, feature_cache=false",
+            )
         ref = b.run(rkind, model, stage, rlabel, rextra)
         lines.append(
             f"| {model} | {stage} | {rlabel} | {ref['img_s']:.1f} | 1.00x | {ref['pss_mib']:.0f} | "
@@ -761,6 +777,25 @@ def loader_table(b: Bench, model: str) -> list[str]:
     return lines
 
 
+def _synthetic_run(b: Bench, run_dir: Path, overrides: list[str]) -> tuple[dict, dict, dict]:
+    """``python -m medimg.train experiment=synthetic <overrides>`` in ``run_dir``: (process figures, test
+    metrics, step-timer entries)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "medimg.train",
+        "experiment=synthetic",
+        *overrides,
+        "callbacks.throughput=true",
+        f"hydra.run.dir={run_dir}",
+    ]
+    proc = measure_process(cmd, b.out / f"{run_dir.name}.log")
+    if proc["rc"] != 0:
+        raise RuntimeError(f"{run_dir.name} failed; see {b.out / run_dir.name}.log")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return proc, metrics, json.loads((run_dir / "throughput.json").read_text())
+
+
 def accuracy(b: Bench, seeds: list[int]) -> list[str]:
     """Full ``experiment=synthetic`` runs per seed: bf16-mixed (+channels_last, auto) vs fp32 (channels_last
     off). Two runs of one seed differ by precision only; other seeds show how far runs differ anyway."""
@@ -782,21 +817,7 @@ def accuracy(b: Bench, seeds: list[int]) -> list[str]:
     for seed in seeds:
         for label, extra in settings.items():
             run_dir = b.out / f"accuracy-seed{seed}-{label}"
-            cmd = [
-                sys.executable,
-                "-m",
-                "medimg.train",
-                "experiment=synthetic",
-                f"seed={seed}",
-                *extra,
-                "callbacks.throughput=true",
-                f"hydra.run.dir={run_dir}",
-            ]
-            proc = measure_process(cmd, b.out / f"{run_dir.name}.log")
-            if proc["rc"] != 0:
-                raise RuntimeError(f"{run_dir.name} failed; see {b.out / run_dir.name}.log")
-            metrics = json.loads((run_dir / "metrics.json").read_text())
-            thr = json.loads((run_dir / "throughput.json").read_text())
+            proc, metrics, thr = _synthetic_run(b, run_dir, [f"seed={seed}", *extra])
             img_s = statistics.median(v["images_per_s"] for v in thr.values() if v.get("steps_timed"))
             auroc[(seed, label)] = metrics["test/auroc"]
             name = "bf16-mixed + channels_last" if label == "bf16" else "fp32"
@@ -816,7 +837,10 @@ def accuracy(b: Bench, seeds: list[int]) -> list[str]:
         for label in settings:
             vals = [auroc[(s, label)] for s in seeds]
             lines.append(f"- {label}: AUROC across seeds {min(vals):.4f} to {max(vals):.4f}")
-    lines += ["", *feature_cache_accuracy(b, b.out / f"accuracy-seed{seeds[0]}-bf16" / "checkpoints" / "best.ckpt")]
+    lines += [
+        "",
+        *feature_cache_accuracy(b, b.out / f"accuracy-seed{seeds[0]}-bf16" / "checkpoints" / "best.ckpt"),
+    ]
     return lines
 
 
@@ -831,22 +855,13 @@ def feature_cache_accuracy(b: Bench, backbone_ckpt: Path) -> list[str]:
     ]
     for label, flag in (("cached features (default)", "true"), ("augmented images", "false")):
         run_dir = b.out / f"accuracy-head-feature_cache-{flag}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "medimg.train",
-            "experiment=synthetic",
+        overrides = [
             "stage=head",
             f"backbone.weights={backbone_ckpt}",
             f"stage.phases.head.feature_cache={flag}",
-            "callbacks.throughput=true",
-            f"hydra.run.dir={run_dir}",
         ]
-        proc = measure_process(cmd, b.out / f"{run_dir.name}.log")
-        if proc["rc"] != 0:
-            raise RuntimeError(f"{run_dir.name} failed; see {b.out / run_dir.name}.log")
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        thr = json.loads((run_dir / "throughput.json").read_text())["head"]
+        proc, metrics, thr = _synthetic_run(b, run_dir, overrides)
+        thr = thr["head"]
         lines.append(
             f"| {label} | {metrics['test/auroc']:.4f} | {metrics['test/accuracy']:.4f} | "
             f"{thr['fit_s']:.0f} s ({thr['epochs']} epochs) | {proc['others']:.0%} |"
