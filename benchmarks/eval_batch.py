@@ -66,7 +66,11 @@ def main() -> None:
             for s in sizes:
                 rates[s].append(one_pass(model, loaders[s]))
         med = {s: statistics.median(v) for s, v in rates.items()}
-        print(f"| {backbone} | " + " | ".join(f"{med[s]:.1f} ({med[s] / med[sizes[0]]:.2f}x)" for s in sizes) + " |")
+        print(
+            f"| {backbone} | "
+            + " | ".join(f"{med[s]:.1f} ({med[s] / med[sizes[0]]:.2f}x)" for s in sizes)
+            + " |"
+        )
 
 
 if __name__ == "__main__":
