@@ -133,7 +133,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     run_dir = Path(resume).resolve().parents[1] if resume else Path(c["paths"]["output_dir"])
 
     accelerator = resolve_accelerator(c["trainer"]["accelerator"])
-    dm = MedImageDataModule(c["dataset"], pin_memory=_pin_memory(c["dataset"].get("pin_memory"), accelerator))
+    pin_memory = _resolve_auto(c["dataset"].get("pin_memory"), accelerator == "gpu")
+    dm = MedImageDataModule(c["dataset"], pin_memory=pin_memory)
     dm.prepare_data()
     dm.setup("fit")
     model = build_model(c, dm)
@@ -192,11 +193,8 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _resolve_auto(setting, auto_value: bool) -> bool:
+    """A true/false config key that also takes ``auto`` (or null): ``auto_value`` then."""
     return auto_value if setting in ("auto", None) else bool(setting)
-
-
-def _pin_memory(setting, accelerator: str) -> bool:
-    return accelerator == "gpu" if setting in ("auto", None) else bool(setting)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
