@@ -1,0 +1,46 @@
+"""What every ``python -m medimg.<command>`` entry point shares: where the configs live, and how it runs.
+
+``run_task`` keeps third-party chatter off the console and turns a ``UserError`` (bad config, missing data,
+offline weights, a bad checkpoint ...) into one logged message and a non-zero exit, without a traceback
+(``HYDRA_FULL_ERROR=1`` or ``MEDIMG_DEBUG=1`` keeps it). Inside a sweep (``-m``) the error is raised on, so
+that the sweep records the job as failed and goes on with the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from medimg.console import quiet_third_party
+from medimg.errors import UserError
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+T = TypeVar("T")
+log = logging.getLogger("medimg")
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("MEDIMG_DEBUG") == "1"
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def run_task(task: Callable[..., T], *args, **kwargs) -> T:
+    """``task(*args, **kwargs)`` with a quiet console; a UserError becomes one message and exit status 1."""
+    quiet_third_party()
+    try:
+        return task(*args, **kwargs)
+    except UserError as e:
+        if debug_enabled() or in_multirun():
+            raise
+        log.error("%s", e)
+        sys.exit(1)

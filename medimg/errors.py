@@ -1,0 +1,20 @@
+"""The one base class of errors a user can cause and fix.
+
+Entry points print a ``UserError`` as one message (what is wrong, and the fix) and exit non-zero without a
+Python traceback; ``HYDRA_FULL_ERROR=1`` or ``MEDIMG_DEBUG=1`` shows the traceback too. Every module raises its
+own subclass (``CheckpointError``, ``ConfigError``, ``DataError`` ...), so a message names its source.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input, bad config, missing data or weights: something the user can fix; printed without a traceback."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config value that cannot work (found when the config is read, before any data work)."""
+
+
+class DataError(UserError, ValueError):
+    """Data that cannot be used as given: empty or missing folders, unknown labels, unreadable images."""

@@ -1,0 +1,104 @@
+"""Writing files so that a crash or a kill never leaves a truncated file where a good one was.
+
+Every file medimg writes goes through ``atomic_write``: the content is written to a temporary name in the
+destination's own folder (so the final rename never crosses file systems), flushed and fsynced, then
+``os.replace``-d over the destination in one step. A failure on the way removes the temporary file and leaves
+the destination as it was. ``file_lock`` serialises processes that write the same shared files (data caches,
+downloads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary path next to ``path``; when the block ends without an error, the file written there
+    is fsynced and renamed to ``path``. The temporary name starts with a dot, so folder scans skip it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_csv(path: str | Path, frame) -> Path:
+    """A pandas DataFrame as CSV (no index column)."""
+    with atomic_write(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def save_torch(obj: Any, path: str | Path) -> Path:
+    import torch
+
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def save_figure(fig, path: str | Path, **kwargs: Any) -> Path:
+    """A matplotlib figure as an image file (format from the suffix)."""
+    path = Path(path)
+    kwargs.setdefault("format", path.suffix.lstrip(".") or "png")
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, **kwargs)
+    return path
+
+
+def file_lock(path: str | Path, timeout: float = -1) -> FileLock:
+    """An inter-process lock on ``<path>.lock`` (``with file_lock(p): ...``); ``timeout`` -1 waits for ever."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path.with_name(path.name + ".lock")), timeout=timeout)
