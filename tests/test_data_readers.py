@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from medimg.data.readers import UnreadableImageError, dicom_window, read_image
+from medimg.data.readers import ImageLimits, UnreadableImageError, dicom_window, read_image
+
+LIMITS = ImageLimits(50_000_000, 10)
 
 
 def _rgb(img) -> np.ndarray:
@@ -189,3 +194,63 @@ def test_unreadable_files_name_the_file(tmp_path):
             read_image(bad)
     with pytest.raises(FileNotFoundError):
         read_image(tmp_path / "missing.png")
+
+
+def test_dicom_palette_colour_goes_through_its_lut(tmp_path):
+    indices = np.array([[0, 1], [2, 3]], np.uint8)
+    red, green, blue = ([0, 65535, 0, 32768], [0, 0, 65535, 32768], [0, 0, 0, 65535])
+    path = _dicom(tmp_path / "palette.dcm", indices.astype(np.uint16), photometric="PALETTE COLOR")
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = indices.tobytes()
+    for name, lut in (("Red", red), ("Green", green), ("Blue", blue)):
+        setattr(ds, f"{name}PaletteColorLookupTableDescriptor", [4, 0, 16])  # 4 entries from index 0, 16 bits
+        ds[f"{name}PaletteColorLookupTableDescriptor"].VR = "US"
+        setattr(ds, f"{name}PaletteColorLookupTableData", np.array(lut, "<u2").tobytes())
+        ds[f"{name}PaletteColorLookupTableData"].VR = "OW"
+    ds.save_as(path)
+    out = np.asarray(read_image(path, limits=LIMITS))
+    assert out.dtype == np.uint8 and out.shape == (2, 2, 3)
+    assert out[0, 0].tolist() == [0, 0, 0] and out[0, 1].tolist() == [255, 0, 0]
+    assert out[1, 0].tolist() == [0, 255, 0] and out[1, 1].tolist() == [128, 128, 255]
+
+
+def _compressed_dicom(path: Path, transfer_syntax, frame: bytes) -> Path:
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    _dicom(path, np.zeros((8, 8), np.uint16))
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_undecodable_compressed_dicom_names_the_plugin_and_keeps_pydicom_quiet(tmp_path, caplog):
+    from pydicom.uid import JPEGBaseline8Bit, JPEGLSLossless
+
+    jpeg_ls = _compressed_dicom(tmp_path / "ls.dcm", JPEGLSLossless, b"\xff\xd8 not really \xff\xd9")
+    broken = _compressed_dicom(tmp_path / "jpeg.dcm", JPEGBaseline8Bit, b"\xff\xd8 truncated")
+    level = logging.getLogger("pydicom").level
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(UnreadableImageError) as err:
+        read_image(jpeg_ls, limits=LIMITS)
+    assert "JPEG-LS" in str(err.value) and "pip install 'pylibjpeg>=2.0' 'pylibjpeg-libjpeg>=2.1'" in str(err.value)
+    with pytest.raises(UnreadableImageError, match="pylibjpeg-libjpeg"):
+        read_image(broken, limits=LIMITS)  # Pillow tries and fails: pydicom logs a traceback at ERROR
+    assert [r for r in caplog.records if r.name.startswith("pydicom")] == []
+    assert logging.getLogger("pydicom").level == level  # restored after the decode
+    good = read_image(_compressed_dicom(tmp_path / "good.dcm", JPEGBaseline8Bit, _grey_jpeg(8)), limits=LIMITS)
+    grey = np.asarray(good)[..., 0]
+    assert good.size == (8, 8) and grey[0, 0] < 10 and grey[0, -1] > 245  # a good frame still decodes
+
+
+def _grey_jpeg(side: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.tile(np.linspace(0, 255, side).astype(np.uint8), (side, 1)), "L").save(buf, "JPEG", quality=95)
+    return buf.getvalue()

@@ -5,6 +5,7 @@ Layout under a data set's root (``${paths.data_dir}/<name>``)::
     raw/<archive>.zip    the archive as Kaggle names it (downloaded, or placed there by hand when offline)
     raw/extracted/       its contents (macOS litter and letter-case duplicates left out)
     raw/COMPLETE         written last, once the extracted files passed the data set's check
+    raw.lock             held while a run downloads or extracts: a second run waits, then finds the set complete
 
 Anything else under ``raw/`` that starts with a dot is an interrupted run's leftover and is removed.
 """
@@ -13,16 +14,19 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from medimg.data.archive import check_zip, safe_extract
+from filelock import Timeout
+
+from medimg.data.archive import ArchiveLimits, UnsafeArchiveError, check_zip, safe_extract
+from medimg.errors import UserError
+from medimg.files import file_lock, write_json
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +34,15 @@ MARKER = "COMPLETE"
 EXTRACTED = "extracted"
 
 
-class KaggleCredentialsError(RuntimeError):
+class KaggleCredentialsError(UserError, RuntimeError):
     """The Kaggle client found no credentials."""
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """The download failed (no network, unknown data set, terms not accepted, ...)."""
 
 
-class DataNotReadyError(FileNotFoundError):
+class DataNotReadyError(UserError, FileNotFoundError):
     """The data set has not been downloaded and prepared yet."""
 
 
@@ -121,8 +125,10 @@ def _is_network_error(e: BaseException) -> bool:
     return isinstance(e, requests.RequestException)
 
 
-def download_archive(ks: KaggleSet, dest: Path, api_factory: Callable[[], object] | None = None) -> Path:
-    """Download the archive into a temporary folder next to ``dest``; move it to ``dest`` once it checks out."""
+def download_archive(ks: KaggleSet, dest: Path, api_factory: Callable[[], object] | None = None,
+                     limits: ArchiveLimits | None = None) -> Path:
+    """Download the archive into a temporary folder next to ``dest``; move it to ``dest`` once it checks out
+    (whole, and within ``limits``)."""
     offline = (f"Without network or credentials: download {ks.url} in a browser and put the archive, named "
                f"exactly {ks.archive}, at {dest}; then run `python -m medimg.download dataset={ks.name}` again.")
     try:
@@ -145,7 +151,10 @@ def download_archive(ks: KaggleSet, dest: Path, api_factory: Callable[[], object
                 raise DownloadError(f"the Kaggle client left {sorted(p.name for p in tmp.iterdir())} in {tmp}, "
                                     f"not the expected {ks.archive}")
             got = zips[0]
-        check_zip(got)
+        try:
+            check_zip(got, limits)
+        except UnsafeArchiveError as e:
+            raise UnsafeArchiveError(f"{e}\n(The archive downloaded from {ks.url} was deleted.)") from e
         os.replace(got, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -163,18 +172,41 @@ def _remove_leftovers(raw: Path) -> None:
         shutil.rmtree(raw / EXTRACTED)
 
 
+@contextlib.contextmanager
+def _download_lock(ks: KaggleSet, raw: Path) -> Iterator[None]:
+    """One download or extraction of a data set at a time: ``<root>/raw.lock``; a second run waits for it."""
+    lock = file_lock(raw)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("another download of %s is running (lock %s); waiting for it to finish", ks.name, lock.lock_file)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def fetch(ks: KaggleSet, root: str | Path, keep_archive: bool = True,
-          api_factory: Callable[[], object] | None = None) -> Path:
+          api_factory: Callable[[], object] | None = None, limits: ArchiveLimits | None = None) -> Path:
     """Make ``root/raw/extracted`` hold the checked contents of the Kaggle archive; returns that folder.
 
     A no-op when the completion marker is there and the files still pass the check. An archive already at
     ``root/raw/<archive>`` is used instead of downloading. A downloaded archive is deleted after extraction
-    unless ``keep_archive``; an archive placed there by hand is always kept.
+    unless ``keep_archive``; an archive placed there by hand is always kept. ``limits``: the caps on the
+    archive (conf/download.yaml), checked before it is tested or extracted. Two runs on the same ``root``
+    take turns (a lock file); the second then finds the set complete.
     """
     raw = raw_dir(root)
     raw.mkdir(parents=True, exist_ok=True)
+    with _download_lock(ks, raw):
+        return _fetch_locked(ks, raw, keep_archive, api_factory, limits)
+
+
+def _fetch_locked(ks: KaggleSet, raw: Path, keep_archive: bool, api_factory: Callable[[], object] | None,
+                  limits: ArchiveLimits | None) -> Path:
     extracted = raw / EXTRACTED
-    if is_complete(root):
+    if is_complete(raw.parent):
         try:
             ks.check(extracted)
             log.info("%s is already complete in %s", ks.name, extracted)
@@ -187,20 +219,18 @@ def fetch(ks: KaggleSet, root: str | Path, keep_archive: bool = True,
     downloaded = False
     if archive.is_file():
         log.info("using the archive %s (no download)", archive)
-        check_zip(archive)
+        check_zip(archive, limits)
     else:
-        download_archive(ks, archive, api_factory)
+        download_archive(ks, archive, api_factory, limits)
         downloaded = True
     log.info("extracting %s", archive)
-    safe_extract(archive, extracted)
+    safe_extract(archive, extracted, limits=limits)
     try:
         ks.check(extracted)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{archive} does not hold the files of {ks.slug}: {e}. Is it the right archive? "
                                 f"Delete it and run the command again to download it.") from e
-    tmp_marker = raw / f".{MARKER}.tmp"
-    tmp_marker.write_text(json.dumps({"slug": ks.slug, "archive": ks.archive}) + "\n")
-    os.replace(tmp_marker, raw / MARKER)
+    write_json(raw / MARKER, {"slug": ks.slug, "archive": ks.archive})
     if downloaded and not keep_archive:
         archive.unlink()
     return extracted
