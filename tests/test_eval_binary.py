@@ -12,6 +12,7 @@ import torch
 from medimg.evaluation.calibration import calibrated_probs
 from medimg.evaluation.evaluator import evaluation_from_outputs, fit_calibration_state, write_evaluation
 from medimg.evaluation.predictions import SplitOutputs
+from tests.conftest import calibration_of
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
 
@@ -28,7 +29,7 @@ def _outputs(n: int, seed: int, views: int = 1) -> SplitOutputs:
 @pytest.mark.parametrize("method", ["temperature", "platt", "isotonic", "none"])
 def test_binary_calibration_and_threshold(method, tmp_path):
     val, test = _outputs(400, 0), _outputs(300, 1)
-    state = fit_calibration_state(val, 2, {"method": method, "threshold": "youden"})
+    state = fit_calibration_state(val, 2, calibration_of(method, threshold="youden"))
     assert 0 < state["threshold"] < 1 and state["threshold_rule"] == "youden"
     table = pd.DataFrame({"path": [f"img_{i}.png" for i in range(300)], "label": "x"})
     ev = evaluation_from_outputs(test, table, CLASSES, state)
@@ -53,8 +54,8 @@ def test_binary_calibration_and_threshold(method, tmp_path):
 
 def test_target_sensitivity_rule_reaches_target_on_validation():
     val = _outputs(500, 2)
-    state = fit_calibration_state(val, 2, {"method": "temperature", "threshold": "target_sensitivity",
-                                           "target_sensitivity": 0.95})
+    state = fit_calibration_state(val, 2, calibration_of("temperature", threshold="target_sensitivity",
+                                                         target_sensitivity=0.95))
     p1 = calibrated_probs(val.logits[0].double(), state)[:, 1]
     sens = float(((p1 >= state["threshold"]) & (val.targets == 1)).sum() / (val.targets == 1).sum())
     assert sens >= 0.95 and state["threshold_rule"] == "sensitivity >= 0.95"
@@ -72,6 +73,41 @@ def test_platt_on_a_multiclass_task_falls_back_to_temperature(caplog):
     g = torch.Generator().manual_seed(4)
     out = SplitOutputs(logits=torch.randn(1, 100, 3, generator=g) * 3, targets=torch.randint(0, 3, (100,), generator=g),
                        rows=torch.arange(100))
-    state = fit_calibration_state(out, 3, {"method": "platt"})
+    state = fit_calibration_state(out, 3, calibration_of("platt"))
     assert state["method"] == "temperature" and "threshold" not in state
     assert "binary tasks" in caplog.text
+
+
+def test_auto_and_bcts_through_the_pipeline_with_intervals_subgroups_and_curves(tmp_path):
+    from medimg.evaluation.analyses import analyse, evaluation_options
+    from medimg.files import write_json
+
+    val, test = _outputs(400, 0), _outputs(300, 1)
+    selection = {"candidates": ["temperature", "platt", "bcts", "vector"], "folds": 4, "seed": 0}
+    state = fit_calibration_state(val, 2, calibration_of("auto", threshold="youden", selection=selection))
+    assert state["method"] in selection["candidates"] and set(state["selection"]["cv_nll"]) == set(selection["candidates"])
+    assert 0 < state["threshold"] < 1
+    table = pd.DataFrame({"path": [f"img_{i}.png" for i in range(300)], "label": "x",
+                          "scanner": ["A", "B", "C"] * 100})
+    ev = evaluation_from_outputs(test, table, CLASSES, state)
+    options = evaluation_options({"bootstrap_resamples": 200, "interval_level": 0.95, "bootstrap_seed": 0,
+                                  "subgroup_metrics": ["accuracy", "sensitivity"], "subgroup_min_images": 50,
+                                  "gallery_per_class": 2, "gallery_method": "gradcam", "gallery_layer": None},
+                                 ["scanner"], None)
+    analyse(ev, options)
+    m = ev.metrics
+    for key in ("test/auroc", "test/auroc_calibrated", "test/sensitivity", "test/specificity"):
+        assert m[f"{key}_ci_low"] <= m[key] <= m[f"{key}_ci_high"], key
+    assert list(ev.subgroups.table["value"]) == ["A", "B", "C"]
+    write_json(tmp_path / "history.json", {"monitor": "val/auroc", "epochs": [
+        {"phase": "head", "epoch": 0, "train/loss": 0.9, "val/loss": 0.8, "val/auroc": 0.7},
+        {"phase": "finetune", "epoch": 0, "train/loss": 0.5, "val/loss": 0.6, "val/auroc": 0.8}]})
+    paths = write_evaluation(ev, tmp_path, title="binary")
+    assert json.loads(paths["metrics"].read_text()) == pytest.approx(m)
+    report = paths["report"].read_text()
+    lo, hi = m["test/sensitivity_ci_low"], m["test/sensitivity_ci_high"]
+    assert f"| sensitivity | {m['test/sensitivity']:.4f} [{lo:.4f}, {hi:.4f}] |" in report
+    assert "class-weighted cross-entropy on this split (the training objective)" not in report  # no test/loss here
+    assert "(figures/learning_curves.png)" in report and "## Subgroups" in report and "| scanner | B |" in report
+    assert (tmp_path / "figures" / "learning_curves.png").stat().st_size > 5000
+    assert pd.read_csv(paths["subgroups_table"])["images"].tolist() == [100, 100, 100]

@@ -92,10 +92,10 @@ def test_isotonic_matches_sklearn(c):
     assert nll(z, y, state) < nll(z, y, None)
 
 
-@pytest.mark.parametrize("method", ["temperature", "platt", "isotonic", "none"])
+@pytest.mark.parametrize("method", ["temperature", "platt", "bcts", "vector", "isotonic", "auto", "none"])
 def test_state_survives_weights_only_loading(method):
     z, y = _overconfident(200, 2, 6)
-    state = fit_calibration(method, z, y)
+    state = fit_calibration(method, z, y, selection={"candidates": ["temperature", "bcts"], "folds": 3, "seed": 0})
     state["threshold"] = 0.4
     buf = io.BytesIO()
     torch.save({"medimg": {"calibration": state}}, buf)

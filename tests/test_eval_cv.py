@@ -36,8 +36,8 @@ def test_cv_dir_without_runs_is_explained(tmp_path):
 def test_two_fold_sweep_and_ensemble(tmp_path, data_dir):
     from hydra import compose, initialize_config_dir
 
+    from medimg.cli import CONF_DIR
     from medimg.evaluate import evaluate
-    from medimg.train import CONF_DIR
 
     sweep = tmp_path / "cv"
     cmd = [sys.executable, "-m", "medimg.train", "-m", "experiment=synthetic", "dataset.num_folds=2",

@@ -6,7 +6,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from medimg.evaluate import dataset_config
-from medimg.evaluation.runs import ClassMismatchError, check_classes, dataset_of_run, run_dir_of
+from medimg.evaluation.runs import dataset_of_run
+from medimg.inference import ClassMismatchError, run_dir_of
+from medimg.inference import check_same_classes as check_classes
 
 
 def _run_with_config(tmp_path):

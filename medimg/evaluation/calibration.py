@@ -1,36 +1,53 @@
-"""Probability calibration fitted on the validation split: temperature scaling, Platt scaling, isotonic regression.
+"""Probability calibration fitted on the validation split: temperature, Platt, bias-corrected temperature (BCTS),
+vector scaling, isotonic regression, and ``auto`` (the method with the lowest cross-validated validation NLL).
 
 A fitted calibration is a plain dict (floats, lists, strings) so that it is stored in the checkpoint
-(``save_with_calibration``) and read back with ``torch.load(..., weights_only=True)``. ``calibrated_probs(logits, state)`` turns logits into
-probabilities with it; every prediction after training goes through that function.
+(``save_with_calibration``) and read back with ``torch.load(..., weights_only=True)``. ``calibrated_probs(logits,
+state)`` turns logits into probabilities with it; every prediction after training goes through that function.
 
 State formats (binary tasks may add ``"threshold"``, see ``medimg.evaluation.threshold``)::
 
     None or {"method": "none"}                        softmax(logits)
     {"method": "temperature", "temperature": T}       softmax(logits / T)
     {"method": "platt", "a": a, "b": b}               binary: P(class 1) = sigmoid(a * (z1 - z0) + b)
+    {"method": "bcts", "temperature": T,              softmax(logits / T + bias)
+     "bias": [b_0, ...]}
+    {"method": "vector", "scale": [w_0, ...],         softmax(scale * logits + bias)
+     "bias": [b_0, ...]}
     {"method": "isotonic", "classes": [c, ...],       per listed class c: P(c) = interpolation of softmax P(c)
      "x_thresholds": [[...], ...],                     through the isotonic step points; binary: only class 1
      "y_thresholds": [[...], ...]}                     (P(0) = 1 - P(1)); multiclass: every class, rows renormalised
+
+``auto`` stores the winner's state (its ``method`` is the winner's) plus ``"selection"``: the rule, the number
+of folds and every candidate's cross-validated NLL. The scaling fits and their references are in
+``medimg.evaluation.calibration_scaling``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from medimg.errors import ConfigError
+from medimg.evaluation import calibration_scaling as scaling
+from medimg.files import save_torch
 
 log = logging.getLogger(__name__)
 
-METHODS = ("none", "temperature", "platt", "isotonic")
+METHODS = ("none", "temperature", "platt", "bcts", "vector", "isotonic", "auto")
+AUTO_KEYS = ("candidates", "folds", "seed")
 
 
 # ---------------------------------------------------------------------------------------------- applying
+def is_calibrated(state: dict[str, Any] | None) -> bool:
+    """Whether ``state`` changes the plain softmax (None and ``{"method": "none"}`` do not)."""
+    return bool(state) and state.get("method", "none") != "none"
+
+
 def calibrated_probs(logits: torch.Tensor, state: dict[str, Any] | None) -> torch.Tensor:
     """Class probabilities ``(N, C)`` from ``logits`` ``(N, C)`` under the calibration ``state`` (None = softmax)."""
     if logits.ndim != 2 or logits.shape[1] < 2:
@@ -44,9 +61,20 @@ def calibrated_probs(logits: torch.Tensor, state: dict[str, Any] | None) -> torc
         _require_binary(logits, "platt")
         p1 = torch.sigmoid(float(state["a"]) * (logits[:, 1] - logits[:, 0]) + float(state["b"]))
         return torch.stack([1 - p1, p1], dim=1)
+    if method == "bcts":
+        return (logits / float(state["temperature"]) + _vector(state["bias"], logits)).softmax(-1)
+    if method == "vector":
+        return (logits * _vector(state["scale"], logits) + _vector(state["bias"], logits)).softmax(-1)
     if method == "isotonic":
         return _apply_isotonic(logits.softmax(-1), state)
     raise ValueError(f"unknown calibration method {method!r} in the calibration state; expected one of {METHODS}")
+
+
+def _vector(values, like: torch.Tensor) -> torch.Tensor:
+    v = torch.tensor([float(x) for x in values], dtype=like.dtype, device=like.device)
+    if len(v) != like.shape[1]:
+        raise ValueError(f"the calibration has {len(v)} per-class values but the logits have {like.shape[1]} classes")
+    return v
 
 
 def _require_binary(logits: torch.Tensor, method: str) -> None:
@@ -88,57 +116,50 @@ def nll(logits: torch.Tensor, targets: torch.Tensor, state: dict[str, Any] | Non
     return float(-torch.log(p.clamp_min(np.finfo(np.float64).eps)).mean())
 
 
-def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> dict[str, Any]:
-    """One temperature T minimising the validation NLL of softmax(logits / T) (LBFGS on log T).
-
-    Never returns a T whose NLL is above that of T = 1 (the uncalibrated model).
-    """
+def _never_worse(state: dict[str, Any], identity: dict[str, Any], logits: torch.Tensor,
+                 targets: torch.Tensor, name: str) -> dict[str, Any]:
+    """``state`` with its validation NLL before/after; the identity (uncalibrated) parameters instead when the
+    fit does not lower the validation NLL."""
     z, y = logits.detach().double().cpu(), targets.detach().long().cpu()
-    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(z / log_t.exp(), y)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    t = float(log_t.detach().exp().clamp(1e-2, 1e2))
-    before = nll(z, y, None)
-    after = nll(z, y, {"method": "temperature", "temperature": t})
+    before, after = nll(z, y, None), nll(z, y, state)
     if not np.isfinite(after) or after > before:
-        log.warning("temperature scaling did not lower the validation NLL (%.4f -> %.4f); keeping T = 1", before, after)
-        t, after = 1.0, before
-    return {"method": "temperature", "temperature": t, "val_nll_before": before, "val_nll_after": after}
+        log.warning("%s did not lower the validation NLL (%.4f -> %.4f); keeping the uncalibrated model",
+                    name, before, after)
+        state, after = identity, before
+    return {**state, "val_nll_before": before, "val_nll_after": after}
+
+
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> dict[str, Any]:
+    """One temperature T minimising the validation NLL of softmax(logits / T); never above T = 1's NLL."""
+    t = scaling.lbfgs_temperature(logits, targets, max_iter)
+    return _never_worse({"method": "temperature", "temperature": t}, {"method": "temperature", "temperature": 1.0},
+                        logits, targets, "temperature scaling")
 
 
 def fit_platt(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> dict[str, Any]:
-    """Binary: P(class 1) = sigmoid(a * (z1 - z0) + b), a and b minimising the validation NLL (LBFGS).
-
-    Starts from a = 1, b = 0 (the uncalibrated softmax) and never returns a fit with a higher NLL than that.
-    """
+    """Binary: P(class 1) = sigmoid(a * (z1 - z0) + b); never above the NLL of a = 1, b = 0 (the softmax)."""
     _require_binary(logits, "platt")
-    z, y = logits.detach().double().cpu(), targets.detach().double().cpu()
-    margin = z[:, 1] - z[:, 0]
-    ab = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([ab], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+    a, b = scaling.lbfgs_platt(logits, targets, max_iter)
+    return _never_worse({"method": "platt", "a": a, "b": b}, {"method": "platt", "a": 1.0, "b": 0.0},
+                        logits, targets, "Platt scaling")
 
-    def closure():
-        opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(ab[0] * margin + ab[1], y)
-        loss.backward()
-        return loss
 
-    opt.step(closure)
-    a, b = (float(v) for v in ab.detach())
-    before = nll(z, y, None)
-    after = nll(z, y, {"method": "platt", "a": a, "b": b})
-    if not np.isfinite(after) or after > before:
-        log.warning("Platt scaling did not lower the validation NLL (%.4f -> %.4f); keeping a = 1, b = 0",
-                    before, after)
-        a, b, after = 1.0, 0.0, before
-    return {"method": "platt", "a": a, "b": b, "val_nll_before": before, "val_nll_after": after}
+def fit_bcts(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> dict[str, Any]:
+    """Bias-corrected temperature scaling: softmax(logits / T + bias); never above the uncalibrated NLL."""
+    t, bias = scaling.lbfgs_bcts(logits, targets, max_iter)
+    zero = [0.0] * logits.shape[1]
+    return _never_worse({"method": "bcts", "temperature": t, "bias": bias},
+                        {"method": "bcts", "temperature": 1.0, "bias": zero}, logits, targets,
+                        "bias-corrected temperature scaling")
+
+
+def fit_vector(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> dict[str, Any]:
+    """Vector scaling: softmax(scale * logits + bias); never above the uncalibrated NLL."""
+    scale, bias = scaling.lbfgs_vector(logits, targets, max_iter)
+    c = logits.shape[1]
+    return _never_worse({"method": "vector", "scale": scale, "bias": bias},
+                        {"method": "vector", "scale": [1.0] * c, "bias": [0.0] * c}, logits, targets,
+                        "vector scaling")
 
 
 def fit_isotonic(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
@@ -163,18 +184,28 @@ def fit_isotonic(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
     return state
 
 
-def fit_calibration(method: str, logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> dict[str, Any]:
-    """Fit ``method`` (temperature | platt | isotonic | none) on validation logits and targets."""
+def fit_calibration(method: str, logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100,
+                    selection: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fit ``method`` (see ``METHODS``) on validation logits and targets. ``auto`` needs ``selection``: the
+    ``candidates``, ``folds`` and ``seed`` keys of ``conf/calibration/auto.yaml``."""
     if len(targets) == 0:
         raise ValueError("cannot fit a calibration on an empty validation split")
-    if method == "temperature":
-        return fit_temperature(logits, targets, max_iter)
-    if method == "platt":
-        return fit_platt(logits, targets, max_iter)
+    fits = {"temperature": fit_temperature, "platt": fit_platt, "bcts": fit_bcts, "vector": fit_vector}
+    if method in fits:
+        return fits[method](logits, targets, max_iter)
     if method == "isotonic":
         return fit_isotonic(logits, targets)
     if method == "none":
         return {"method": "none"}
+    if method == "auto":
+        missing = [k for k in AUTO_KEYS if k not in (selection or {})]
+        if missing:
+            raise ConfigError(f"calibration.method=auto needs the keys {missing} (see conf/calibration/auto.yaml)")
+        # local import: calibration_select builds on this module
+        from medimg.evaluation.calibration_select import fit_auto
+
+        return fit_auto(logits, targets, list(selection["candidates"]), int(selection["folds"]),
+                        int(selection["seed"]), max_iter)
     raise ValueError(f"unknown calibration.method={method!r}; choose one of {METHODS}")
 
 
@@ -186,13 +217,25 @@ def describe(state: dict[str, Any] | None) -> str:
         parts.append(f"T = {state['temperature']:.4g}")
     elif method == "platt":
         parts.append(f"a = {state['a']:.4g}, b = {state['b']:.4g}")
+    elif method == "bcts":
+        parts.append(f"T = {state['temperature']:.4g}, bias = [{_short(state['bias'])}]")
+    elif method == "vector":
+        parts.append(f"scale = [{_short(state['scale'])}], bias = [{_short(state['bias'])}]")
     elif method == "isotonic":
         parts.append(f"{sum(len(x) for x in state['x_thresholds'])} step points")
+    if state and "selection" in state:
+        sel = state["selection"]
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in sel["cv_nll"].items())
+        parts.append(f"chosen by {sel['folds']}-fold cross-validated validation NLL ({scores})")
     if state and "val_nll_before" in state:
         parts.append(f"validation NLL {state['val_nll_before']:.4f} -> {state['val_nll_after']:.4f}")
     if state and state.get("threshold") is not None:
         parts.append(f"operating threshold {state['threshold']:.4g} ({state.get('threshold_rule', '')})")
     return ", ".join(parts)
+
+
+def _short(values) -> str:
+    return ", ".join(f"{float(v):.3g}" for v in values)
 
 
 # ---------------------------------------------------------------------------------------------- storing
@@ -203,9 +246,4 @@ def save_with_calibration(src: str | Path, dst: str | Path, state: dict[str, Any
 
     ckpt = load_checkpoint(src)
     ckpt["medimg"]["calibration"] = state
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(dst)
-    return dst
+    return save_torch(ckpt, dst)

@@ -3,10 +3,13 @@
 Used by ``medimg.train`` (after the phases) and ``medimg.evaluate`` (any checkpoint):
 
 1. ``fit_on_validation``: calibration of the validation probabilities (``calibration`` config group) and, for
-   binary tasks, the operating threshold; the result is the plain dict stored as ``model.calibration``.
+   binary tasks, the operating threshold; the result is the plain dict stored in ``best.ckpt``.
 2. ``evaluate_split``: predictions for every image of the split (DDP-safe, optional TTA), uncalibrated and
    calibrated metrics, the predictions table.
-3. ``write_evaluation`` (rank 0): ``metrics.json``, ``predictions.csv``, ``figures/*.png``, ``report.md``, and the
+   With ``options`` (the ``evaluation`` config block, ``medimg.evaluation.analyses``) it also adds bootstrap
+   intervals, the subgroup audit and the error gallery.
+3. ``write_evaluation`` (rank 0): ``metrics.json``, ``predictions.csv``, ``subgroups.csv`` (with an audit),
+   ``figures/*.png`` (with ``history.json`` in the folder also the learning curves), ``report.md``, and the
    metrics and figures to the loggers (TensorBoard gets the figures).
 """
 
@@ -24,23 +27,25 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
+from medimg.config.schema import as_dict
+from medimg.config.training import CalibrationSettings
+from medimg.errors import ConfigError
 from medimg.evaluation import plots
-from medimg.evaluation.calibration import calibrated_probs, describe, fit_calibration
+from medimg.evaluation.analyses import EvaluationOptions, analyse
+from medimg.evaluation.calibration import calibrated_probs, describe, fit_calibration, is_calibrated
+from medimg.evaluation.error_gallery import Gallery, gallery_figures
+from medimg.evaluation.learning_curves import learning_curves_from
 from medimg.evaluation.metrics import classification_metrics, confusion_matrix, predict_labels
 from medimg.evaluation.predictions import SplitOutputs, collect_outputs, predictions_table
-from medimg.evaluation.report import write_report
+from medimg.evaluation.report import subgroup_lines, write_report
+from medimg.evaluation.subgroups import SubgroupAudit
 from medimg.evaluation.threshold import choose_threshold
-from medimg.reporting import write_json
+from medimg.files import write_csv, write_json
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CALIBRATION = {"method": "temperature", "threshold": "youden", "target_sensitivity": 0.9, "max_iter": 100}
 # metrics of the final decision that are reported once, without the _calibrated suffix
 OPERATING_KEYS = ("sensitivity", "specificity", "threshold")
-
-
-def calibration_settings(cal_cfg: dict[str, Any] | None) -> dict[str, Any]:
-    return {**DEFAULT_CALIBRATION, **(cal_cfg or {})}
 
 
 def split_loader(dm, split: str):
@@ -48,20 +53,20 @@ def split_loader(dm, split: str):
         return dm.val_dataloader()
     if split == "test":
         return dm.test_dataloader()
-    raise ValueError(f"split={split!r} cannot be evaluated; choose val or test")
+    raise ConfigError(f"split={split!r} cannot be evaluated; choose val or test")
 
 
-def fit_calibration_state(outputs: SplitOutputs, num_classes: int, cal_cfg: dict[str, Any] | None) -> dict[str, Any]:
+def fit_calibration_state(outputs: SplitOutputs, num_classes: int, cal: CalibrationSettings) -> dict[str, Any]:
     """The calibration dict for ``outputs`` (validation logits): the method's parameters, plus the operating
     threshold for binary tasks."""
-    cfg = calibration_settings(cal_cfg)
+    cfg = as_dict(cal)
     if cfg["method"] == "platt" and num_classes != 2:
         # reached after training: keep the run and calibrate anyway, rather than fail at the last step
         log.warning("calibration=platt is for binary tasks and this one has %d classes; using temperature scaling "
-                    "instead (choose calibration=temperature or calibration=isotonic)", num_classes)
+                    "instead (choose calibration=auto, bcts, temperature or isotonic)", num_classes)
         cfg["method"] = "temperature"
     logits = outputs.logits[0]
-    state = fit_calibration(cfg["method"], logits, outputs.targets, int(cfg["max_iter"]))
+    state = fit_calibration(cfg["method"], logits, outputs.targets, int(cfg["max_iter"]), cfg["selection"])
     if num_classes == 2:
         p1 = calibrated_probs(logits.double(), state)[:, 1]
         rule = cfg["threshold"]
@@ -72,10 +77,10 @@ def fit_calibration_state(outputs: SplitOutputs, num_classes: int, cal_cfg: dict
     return state
 
 
-def fit_on_validation(trainer: L.Trainer, model, dm, cal_cfg: dict[str, Any] | None) -> dict[str, Any]:
+def fit_on_validation(trainer: L.Trainer, model, dm, cal: CalibrationSettings) -> dict[str, Any]:
     """Calibrate ``model`` on the validation split (all ranks take part; all get the same result)."""
     outputs = collect_outputs(trainer, model, dm.val_dataloader(), expected_rows=len(dm.split_table("val")))
-    state = fit_calibration_state(outputs, model.num_classes, cal_cfg)
+    state = fit_calibration_state(outputs, model.num_classes, cal)
     log.info("calibration: %s", describe(state))
     return state
 
@@ -87,7 +92,7 @@ def split_metrics(raw: torch.Tensor, final: torch.Tensor, targets: torch.Tensor,
     state = calibration or {}
     out = {f"{prefix}{k}": v for k, v in classification_metrics(raw, targets, class_names).items()}
     fin = classification_metrics(final, targets, class_names, threshold=state.get("threshold"))
-    calibrated = state.get("method", "none") != "none"
+    calibrated = is_calibrated(state)
     for k, v in fin.items():
         if k in OPERATING_KEYS:
             out[f"{prefix}{k}"] = v
@@ -98,7 +103,9 @@ def split_metrics(raw: torch.Tensor, final: torch.Tensor, targets: torch.Tensor,
 
 @dataclass
 class Evaluation:
-    """Everything one evaluation produced; ``metrics`` is what ``metrics.json`` holds."""
+    """Everything one evaluation produced; ``metrics`` is what ``metrics.json`` holds. ``rows`` (split-table
+    row of each prediction) and ``table`` (those rows of the split table, metadata included) are set by
+    ``evaluation_from_outputs``; ``subgroups``, ``gallery`` and ``notes`` by ``analyses.analyse``."""
 
     split: str
     class_names: list[str]
@@ -109,22 +116,31 @@ class Evaluation:
     metrics: dict[str, float]
     predictions: pd.DataFrame
     views: list[str] = field(default_factory=lambda: ["identity"])
+    rows: torch.Tensor | None = None
+    table: pd.DataFrame | None = None
+    subgroups: SubgroupAudit | None = None
+    gallery: Gallery | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def final_preds(self) -> torch.Tensor:
         return predict_labels(self.final_probs, (self.calibration or {}).get("threshold"))
 
 
-def evaluate_split(trainer: L.Trainer, model, dm, split: str = "test",
-                   views: Sequence[str] = ("identity",)) -> Evaluation:
-    """Predict ``split`` with ``model`` (and its ``model.calibration``), on every rank; score it."""
+def evaluate_split(trainer: L.Trainer, model, dm, split: str, calibration: dict[str, Any] | None,
+                   views: Sequence[str] = ("identity",), options: EvaluationOptions | None = None) -> Evaluation:
+    """Predict ``split`` with ``model`` under ``calibration``, on every rank; score it. With ``options``:
+    bootstrap intervals and the subgroup audit (every rank), the error gallery (rank 0)."""
     table = dm.split_table(split)
     outputs = collect_outputs(trainer, model, split_loader(dm, split), views, expected_rows=len(table))
-    ev = evaluation_from_outputs(outputs, table, model.class_names, model.calibration, split, views)
+    ev = evaluation_from_outputs(outputs, table, model.class_names, calibration, split, views)
     weight = model.class_weight.cpu() if model.class_weight is not None else None
     ev.metrics[f"{split}/loss"] = float(F.cross_entropy(outputs.mean_logits().float(), outputs.targets,
                                                         weight=weight,
                                                         label_smoothing=model.hparams.label_smoothing))
+    if options is not None:
+        gallery_model = model if trainer.is_global_zero else None
+        analyse(ev, options, gallery_model, dm.datasets[split], dm.eval_tf)
     return ev
 
 
@@ -135,13 +151,14 @@ def evaluation_from_outputs(outputs: SplitOutputs, table: pd.DataFrame, class_na
     metrics = split_metrics(raw, final, outputs.targets, class_names, calibration, prefix=f"{split}/")
     return Evaluation(split=split, class_names=list(class_names), targets=outputs.targets, raw_probs=raw,
                       final_probs=final, calibration=calibration, metrics=metrics,
-                      predictions=predictions_table(outputs, table, class_names, calibration), views=list(views))
+                      predictions=predictions_table(outputs, table, class_names, calibration), views=list(views),
+                      rows=outputs.rows, table=table.iloc[outputs.rows.numpy()].reset_index(drop=True))
 
 
 def evaluation_figures(ev: Evaluation) -> dict[str, Any]:
     """The standard figures of an evaluation, by file name (without .png)."""
     names, m, p = ev.class_names, ev.metrics, f"{ev.split}/"
-    calibrated = (ev.calibration or {}).get("method", "none") != "none"
+    calibrated = is_calibrated(ev.calibration)
     which = "calibrated" if calibrated else "uncalibrated"
     cm = confusion_matrix(ev.final_preds, ev.targets, len(names))
     threshold = (ev.calibration or {}).get("threshold")
@@ -165,17 +182,26 @@ def evaluation_figures(ev: Evaluation) -> dict[str, Any]:
     if calibrated:
         series.append(("calibrated", [m.get(f"{p}per_class/{c}/f1_calibrated", 0.0) for c in names]))
     figs["per_class_f1"] = plots.per_class_f1_figure(names, series)
+    if ev.subgroups is not None and len(ev.subgroups.table):
+        figs["subgroups"] = plots.subgroup_figure(ev.subgroups)
+    if ev.gallery is not None:
+        figs.update(gallery_figures(ev.gallery, names))
     return figs
 
 
 def write_evaluation(ev: Evaluation, out_dir: Path, loggers: Sequence[Logger] = (), title: str = "Evaluation",
                      facts: Sequence[tuple[str, str]] = ()) -> dict[str, Path]:
-    """Rank 0: metrics.json, predictions.csv, figures/, report.md in ``out_dir``; metrics and figures to loggers."""
+    """Rank 0: metrics.json, predictions.csv, subgroups.csv, figures/, report.md in ``out_dir``; metrics and
+    figures to loggers. A ``history.json`` in ``out_dir`` (a training run) adds the learning curves."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "metrics.json", ev.metrics)
-    ev.predictions.to_csv(out_dir / "predictions.csv", index=False)
+    files = {"metrics": write_json(out_dir / "metrics.json", ev.metrics),
+             "predictions": write_csv(out_dir / "predictions.csv", ev.predictions)}
+    if ev.subgroups is not None:
+        files["subgroups_table"] = write_csv(out_dir / "subgroups.csv", ev.subgroups.table)
     figures = evaluation_figures(ev)
+    curves = learning_curves_from(out_dir / "history.json")
+    if curves is not None:
+        figures["learning_curves"] = curves
     try:
         paths = plots.save_figures(figures, out_dir / "figures")
         log_to_loggers(loggers, ev.metrics, figures, ev.split)
@@ -184,9 +210,9 @@ def write_evaluation(ev: Evaluation, out_dir: Path, loggers: Sequence[Logger] = 
     facts = [*facts, ("split", f"{ev.split} ({len(ev.targets)} images)"),
              ("calibration", describe(ev.calibration)),
              ("test-time augmentation", ", ".join(ev.views) if len(ev.views) > 1 else "off")]
-    write_report(out_dir / "report.md", title, facts, ev.metrics, ev.class_names, paths, prefix=f"{ev.split}/")
-    return {"metrics": out_dir / "metrics.json", "predictions": out_dir / "predictions.csv",
-            "report": out_dir / "report.md", **paths}
+    files["report"] = write_report(out_dir / "report.md", title, facts, ev.metrics, ev.class_names, paths,
+                                   prefix=f"{ev.split}/", sections=subgroup_lines(ev.subgroups, ev.notes))
+    return {**files, **paths}
 
 
 def log_to_loggers(loggers: Sequence[Logger], metrics: dict[str, float], figures: dict[str, Any],

@@ -2,7 +2,7 @@
 
 ``evaluation_figures`` makes the standard set: confusion matrices (counts and row-normalised), ROC and
 precision-recall curves (one per class, plus the macro average), reliability diagrams before and after
-calibration, and per-class F1.
+calibration, and per-class F1; ``subgroup_figure`` the subgroup audit.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from torchmetrics.functional.classification import (  # noqa: E402
 )
 
 from medimg.evaluation.metrics import N_BINS  # noqa: E402
+from medimg.files import save_figure  # noqa: E402
 
 
 def _size_for(n_classes: int) -> tuple[float, float]:
@@ -186,14 +187,38 @@ def per_class_f1_figure(class_names: Sequence[str], series: Sequence[tuple[str, 
     return fig
 
 
+def subgroup_figure(audit) -> Figure:
+    """One panel per audited column (rows) and metric (columns): each subgroup's value with its interval,
+    the overall value as a dashed line; subgroups flagged as clearly worse in red."""
+    table, metrics = audit.table, audit.metrics
+    columns = list(dict.fromkeys(table["column"]))
+    heights = [max(1.6, 0.38 * int((table["column"] == c).sum()) + 0.9) for c in columns]
+    fig, axes = plt.subplots(len(columns), len(metrics), figsize=(4.4 * len(metrics), sum(heights)),
+                             squeeze=False, layout="constrained", gridspec_kw={"height_ratios": heights})
+    for i, col in enumerate(columns):
+        part = table[table["column"] == col].reset_index(drop=True)
+        y = np.arange(len(part))[::-1]
+        for j, m in enumerate(metrics):
+            ax = axes[i, j]
+            lo, hi, v = (part[f"{m}_ci_low"].to_numpy(float), part[f"{m}_ci_high"].to_numpy(float),
+                         part[m].to_numpy(float))
+            flagged = [m in str(f).split(", ") for f in part["flagged"]]
+            err = np.nan_to_num(np.vstack([v - lo, hi - v]), nan=0.0)
+            for k in range(len(part)):
+                ax.errorbar(v[k], y[k], xerr=err[:, k:k + 1], fmt="o", ms=4, capsize=3,
+                            color="tab:red" if flagged[k] else "tab:blue")
+            ax.axvline(audit.overall.get(m, np.nan), color="grey", ls="--", lw=1, label="overall")
+            ax.set_yticks(y, [f"{val} (n={n})" for val, n in zip(part["value"], part["images"])], fontsize=8)
+            ax.set_ylim(-0.7, len(part) - 0.3)
+            ax.set_xlabel(m.replace("_", " "))
+            if j == 0:
+                ax.set_title(f"{col}", fontsize=9, loc="left")
+    return fig
+
+
 def save_figures(figures: dict[str, Figure], folder: Path) -> dict[str, Path]:
-    """Write each figure as ``<folder>/<name>.png`` (and close it); returns the paths by name."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, fig in figures.items():
-        paths[name] = folder / f"{name}.png"
-        fig.savefig(paths[name], dpi=110)
-    return paths
+    """Write each figure as ``<folder>/<name>.png`` (atomically); returns the paths by name."""
+    return {name: save_figure(fig, folder / f"{name}.png", dpi=110) for name, fig in figures.items()}
 
 
 def close_figures(figures: dict[str, Figure]) -> None:

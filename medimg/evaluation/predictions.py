@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from medimg.evaluation.calibration import calibrated_probs
+from medimg.data.table import metadata_columns
+from medimg.evaluation.calibration import calibrated_probs, is_calibrated
 from medimg.evaluation.metrics import predict_labels
 from medimg.evaluation.tta import apply_view
 
@@ -95,12 +96,17 @@ def collect_outputs(trainer: L.Trainer, model: L.LightningModule, loader, views:
 def predictions_table(outputs: SplitOutputs, split_table: pd.DataFrame, class_names: Sequence[str],
                       calibration: dict[str, Any] | None) -> pd.DataFrame:
     """One row per image: ``path``, ``label``, ``pred`` (the final decision: calibrated probabilities and, for
-    binary tasks, the operating threshold), ``prob_<class>`` and, with a calibration, ``prob_calibrated_<class>``."""
+    binary tasks, the operating threshold), the data table's metadata columns (e.g. HAM10000's ``age``, ``sex``),
+    ``prob_<class>`` and, with a calibration, ``prob_calibrated_<class>``."""
     final = outputs.probs(calibration)
-    calibrated = (calibration or {}).get("method", "none") != "none"
-    return probability_table(split_table["path"].to_numpy()[outputs.rows.numpy()], outputs.targets,
-                             predict_labels(final, (calibration or {}).get("threshold")), outputs.probs(None),
-                             final if calibrated else None, class_names)
+    calibrated = is_calibrated(calibration)
+    rows = outputs.rows.numpy()
+    df = probability_table(split_table["path"].to_numpy()[rows], outputs.targets,
+                           predict_labels(final, (calibration or {}).get("threshold")), outputs.probs(None),
+                           final if calibrated else None, class_names)
+    meta = split_table[metadata_columns(split_table)].iloc[rows].reset_index(drop=True)
+    meta = meta.rename(columns={c: f"meta_{c}" for c in meta.columns if c in df.columns})  # no name twice
+    return pd.concat([df[["path", "label", "pred"]], meta, df.drop(columns=["path", "label", "pred"])], axis=1)
 
 
 def probability_table(paths: Sequence[str], targets: torch.Tensor, preds: torch.Tensor, raw: torch.Tensor,

@@ -1,10 +1,13 @@
-"""``report.md``: a short Markdown report of an evaluation (metrics tables, calibration, embedded figures)."""
+"""``report.md``: a short Markdown report of an evaluation (metrics tables with their bootstrap intervals,
+calibration, subgroup audit, embedded figures)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from pathlib import Path
+
+from medimg.files import write_text
 
 # (key, label) of the headline metrics, in report order
 HEADLINE = [
@@ -21,7 +24,7 @@ HEADLINE = [
     ("mce", "MCE (top label, 15 bins)"),
     ("ece_positive", "ECE of P(positive class)"),
     ("mce_positive", "MCE of P(positive class)"),
-    ("loss", "training loss (class-weighted CE)"),
+    ("loss", "class-weighted cross-entropy on this split (the training objective)"),
 ]
 OPERATING = [("threshold", "operating threshold"), ("sensitivity", "sensitivity"), ("specificity", "specificity")]
 PER_CLASS = ["support", "precision", "recall", "f1", "auroc", "pr_auc"]
@@ -33,6 +36,10 @@ FIGURE_TITLES = {
     "pr_curves": "Precision-recall curves",
     "reliability": "Reliability diagrams before and after calibration",
     "per_class_f1": "F1 per class",
+    "subgroups": "Metrics per subgroup (95% intervals; dashed: the whole split; red: clearly worse)",
+    "error_gallery_mistakes": "Error gallery: most confident mistakes per class, with Grad-CAM of the predicted class",
+    "error_gallery_unsure_correct": "Error gallery: least confident correct predictions per class, with Grad-CAM",
+    "learning_curves": "Learning curves (all phases; dashed lines: phase starts)",
 }
 
 
@@ -44,23 +51,52 @@ def fmt(v: float | None) -> str:
     return f"{v:.4f}"
 
 
+def with_interval(metrics: dict[str, float], key: str) -> str:
+    """``value [low, high]`` when ``metrics`` holds the bootstrap interval of ``key``, else the value."""
+    v, lo, hi = metrics.get(key), metrics.get(key + "_ci_low"), metrics.get(key + "_ci_high")
+    if any(x is None or math.isnan(x) for x in (v, lo, hi)):
+        return fmt(v)
+    return f"{fmt(v)} [{fmt(lo)}, {fmt(hi)}]"
+
+
 def metrics_table(metrics: dict[str, float], prefix: str = "test/") -> list[str]:
-    """Headline metrics, uncalibrated and (when present) calibrated side by side."""
+    """Headline metrics, uncalibrated and (when present) calibrated side by side, with bootstrap intervals."""
     calibrated = any(k.endswith("_calibrated") for k in metrics)
     head = "| metric | uncalibrated | calibrated |" if calibrated else "| metric | value |"
     lines = [head, "|---|---:|---:|" if calibrated else "|---|---:|"]
     for key, label in HEADLINE:
-        raw = metrics.get(prefix + key)
-        cal = metrics.get(prefix + key + "_calibrated")
-        if raw is None and cal is None:
+        raw, cal = prefix + key, prefix + key + "_calibrated"
+        if raw not in metrics and cal not in metrics:
             continue
-        lines.append(f"| {label} | {fmt(raw)} | {fmt(cal)} |" if calibrated else f"| {label} | {fmt(raw)} |")
-    op = [(label, metrics[prefix + k]) for k, label in OPERATING if prefix + k in metrics]
+        cells = [with_interval(metrics, raw)] + ([with_interval(metrics, cal)] if calibrated else [])
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    op = [(label, prefix + k) for k, label in OPERATING if prefix + k in metrics]
     if op:
         lines += ["", "Binary decision at the operating threshold (on calibrated probabilities, positive class = "
                       "the second class):", "", "| | value |", "|---|---:|"]
-        lines += [f"| {label} | {fmt(v)} |" for label, v in op]
+        lines += [f"| {label} | {with_interval(metrics, key)} |" for label, key in op]
     return lines
+
+
+def subgroup_lines(audit, notes: Sequence[str] = ()) -> list[str]:
+    """The subgroup audit as a Markdown table (value [interval] per metric), its warnings and any notes."""
+    lines = ["## Subgroups", ""]
+    lines += [f"- {n}" for n in notes]
+    if audit is None:
+        return lines + [""] if notes else []
+    metrics = audit.metrics
+    lines += ["| column | subgroup | images | " + " | ".join(metrics) + " | clearly worse in |",
+              "|---|---|---:|" + "---:|" * len(metrics) + "---|",
+              "| all | all | – | " + " | ".join(fmt(audit.overall.get(m)) for m in metrics) + " | |"]
+    for row in audit.table.to_dict("records"):
+        cells = [with_interval(row, m) for m in metrics]
+        lines.append(f"| {row['column']} | {row['value']} | {row['images']} | " + " | ".join(cells) +
+                     f" | {row['flagged']} |")
+    lines += ["", "Each subgroup is scored on its own images (calibrated probabilities and decisions). "
+                  "Clearly worse: at least the minimum number of images and an interval wholly below the "
+                  "value of the whole split (above it for ECE/NLL/Brier). The table is in `subgroups.csv`.", ""]
+    lines += [f"- **warning**: {w}" for w in audit.warnings]
+    return lines + ([""] if audit.warnings else [])
 
 
 def per_class_table(metrics: dict[str, float], class_names: Sequence[str], prefix: str = "test/") -> list[str]:
@@ -85,18 +121,22 @@ def figure_lines(figures: dict[str, Path], folder: Path) -> list[str]:
 
 
 def write_report(path: Path, title: str, facts: Sequence[tuple[str, str]], metrics: dict[str, float],
-                 class_names: Sequence[str], figures: dict[str, Path], prefix: str = "test/") -> Path:
-    """Write ``report.md``: facts (checkpoint, data, calibration...), metrics, per-class table, figures."""
+                 class_names: Sequence[str], figures: dict[str, Path], prefix: str = "test/",
+                 sections: Sequence[str] = ()) -> Path:
+    """Write ``report.md``: facts (checkpoint, data, calibration...), metrics, per-class table, the extra
+    Markdown ``sections`` (subgroups), figures."""
     path = Path(path)
     lines = [f"# {title}", ""]
     lines += [f"- **{k}**: {v}" for k, v in facts]
     lines += ["", "## Metrics", "", *metrics_table(metrics, prefix), ""]
     lines += ["ECE/MCE: 15 equal-width bins of the top-label confidence (Guo et al. 2017); binary tasks also report "
               "them for P(positive class). All values come from `metrics.json`.", ""]
+    if any(k.endswith("_ci_low") for k in metrics):
+        lines += ["Brackets: bootstrap percentile intervals (`metrics.json`: `<metric>_ci_low`, `_ci_high`); the "
+                  "binned ECE is biased upwards on small samples, so its interval can lie above its value.", ""]
     cal = " (calibrated)" if any(k.endswith("_calibrated") for k in metrics) else ""
     lines += [f"## Per class{cal}", "", *per_class_table(metrics, class_names, prefix), ""]
+    lines += list(sections)
     if figures:
         lines += ["## Figures", "", *figure_lines(figures, path.parent)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines).rstrip() + "\n")
-    return path
+    return write_text(path, "\n".join(lines).rstrip() + "\n")

@@ -1,22 +1,14 @@
-"""Run folders: where a checkpoint's run lives, which data set it was trained on, whether classes agree."""
+"""Run folders: which data set a run was trained on, and where an evaluation of it writes its results."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
-
-class ClassMismatchError(ValueError):
-    """A checkpoint and a data set (or two checkpoints) with different classes."""
-
-
-def run_dir_of(ckpt_path: str | Path) -> Path:
-    """``<run>/checkpoints/x.ckpt`` -> ``<run>``; a checkpoint elsewhere -> its folder."""
-    p = Path(ckpt_path).resolve()
-    return p.parents[1] if p.parent.name == "checkpoints" else p.parent
+from medimg.errors import DataError, MissingDataError
 
 
 def dataset_of_run(run_dir: Path, paths_cfg: dict[str, Any] | Any) -> dict[str, Any]:
@@ -24,20 +16,16 @@ def dataset_of_run(run_dir: Path, paths_cfg: dict[str, Any] | Any) -> dict[str, 
     current ``paths`` (so a data folder given relative to ``paths.data_dir`` is found where data lives now)."""
     saved = Path(run_dir) / ".hydra" / "config.yaml"
     if not saved.is_file():
-        raise FileNotFoundError(
+        raise MissingDataError(
             f"{saved} does not exist, so the data set of run {run_dir} is unknown; pass dataset=<name> "
             "(and its overrides, e.g. dataset.root=...) to say what to evaluate on")
     run_cfg = OmegaConf.load(saved)
     if "dataset" not in run_cfg:
-        raise ValueError(f"{saved} has no dataset section; pass dataset=<name>")
+        raise DataError(f"{saved} has no dataset section; pass dataset=<name>")
     merged = OmegaConf.create({"paths": paths_cfg, "dataset": run_cfg.dataset})
     return OmegaConf.to_container(merged.dataset, resolve=True)
 
 
-def check_classes(model_classes: Sequence[str], data_classes: Sequence[str], ckpt: str | Path, dataset: str) -> None:
-    if list(model_classes) != list(data_classes):
-        same_set = sorted(model_classes) == sorted(data_classes)
-        hint = (" (the same classes in another order)" if same_set else "")
-        raise ClassMismatchError(
-            f"checkpoint {ckpt} was trained on classes {list(model_classes)} but dataset {dataset} has classes "
-            f"{list(data_classes)}{hint}; evaluate on a data set with the checkpoint's classes in the same order")
+def evaluation_dir(run_dir: Path, dataset: str, split: str, run_id: str) -> Path:
+    """``<run>/evaluations/<dataset>-<split>-<time>-<id>``: a re-evaluation never replaces the run's own results."""
+    return Path(run_dir) / "evaluations" / f"{dataset}-{split}-{time.strftime('%Y%m%d-%H%M%S')}-{run_id}"

@@ -2,7 +2,8 @@
 
 Relative paths start from the CSV's folder (or ``dataset.image_root``). A group column (a patient id, say)
 keeps all images of a group in one split; a split column (train/val/test, empty = split automatically) fixes
-the split of those rows.
+the split of those rows. The other columns (or only those named in ``keep_columns``, e.g. the
+``dataset.subgroup_columns``) travel with the table as metadata, for predictions.csv and the subgroup audit.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from medimg.data.table import check_table, make_table
+from medimg.data.table import RESERVED, check_table, make_table
+from medimg.errors import ConfigError
 
 SPLIT_ALIASES = {"training": "train", "valid": "val", "validation": "val", "testing": "test"}
 
@@ -39,8 +41,10 @@ def _sorted_labels(labels) -> list[str]:
 
 def csv_table(csv: str | Path, path_column: str = "path", label_column: str = "label",
               group_column: str | None = None, split_column: str | None = None,
-              classes: list[str] | None = None, image_root: str | Path | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """Read ``csv``; returns (table, class names: ``classes`` when given, else the sorted labels found)."""
+              classes: list[str] | None = None, image_root: str | Path | None = None,
+              keep_columns: list[str] | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Read ``csv``; returns (table, class names: ``classes`` when given, else the sorted labels found).
+    ``keep_columns``: the metadata columns to keep (None = every column not used for path/label/group/split)."""
     csv = Path(csv).expanduser()
     if not csv.is_file():
         raise FileNotFoundError(f"label file {csv} does not exist; set dataset.csv to a CSV with a path and a label "
@@ -83,5 +87,21 @@ def csv_table(csv: str | Path, path_column: str = "path", label_column: str = "l
         groups = [g or str(p) for g, p in zip(groups, resolved)]
     if splits is not None:
         splits = [SPLIT_ALIASES.get(s.lower(), s.lower()) for s in splits]
-    table = make_table(resolved, labels, groups=groups, splits=splits)
+    used = {path_column, label_column, group_column, split_column}
+    table = make_table(resolved, labels, groups=groups, splits=splits,
+                       metadata=_metadata(df, keep_columns, used, csv))
     return check_table(table, str(csv)), classes
+
+
+def _metadata(df: pd.DataFrame, keep: list[str] | None, used: set, csv: Path) -> pd.DataFrame:
+    """The CSV's metadata columns: ``keep`` (each must exist), or every column not used otherwise. A column
+    named like one of the table's own (path, label, group, split) is only kept when it was not used."""
+    if keep is None:
+        names = [c for c in df.columns if c not in used and c not in RESERVED]
+    else:
+        missing = [c for c in keep if c not in df.columns]
+        if missing:
+            raise ConfigError(f"columns {missing} (dataset.subgroup_columns) are not in {csv}; its columns are "
+                              f"{list(df.columns)}")
+        names = [c for c in dict.fromkeys(keep) if c not in used and c not in RESERVED]
+    return df[names].apply(lambda col: col.str.strip())

@@ -3,7 +3,8 @@
 The archive holds ``HAM10000_metadata.csv`` (``lesion_id,image_id,dx,dx_type,age,sex,localization``), the
 images as ``<image_id>.jpg`` in ``HAM10000_images_part_1/`` and ``HAM10000_images_part_2/``, copies of those
 folders in lower case (skipped at extraction) and ``hmnist_*.csv`` thumbnails (unused). Several images show
-the same lesion: the table's group is the lesion id, so one lesion never sits in two splits.
+the same lesion: the table's group is the lesion id, so one lesion never sits in two splits. The metadata
+columns ``dx_type, age, sex, localization`` (those the file has) travel with the table for the subgroup audit.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from medimg.data.table import check_table, make_table
 METADATA = "HAM10000_metadata.csv"
 CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 COLUMNS = ("lesion_id", "image_id", "dx")
+METADATA_COLUMNS = ("dx_type", "age", "sex", "localization")  # kept in the data table for subgroup audits
 
 
 def locate(extracted: Path) -> tuple[pd.DataFrame, dict[str, Path]]:
@@ -51,7 +53,9 @@ def ham10000_table(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
     unknown = sorted(set(meta["dx"]) - set(CLASSES))
     if unknown:
         raise ValueError(f"{METADATA} has diagnoses {unknown} besides the known {list(CLASSES)}")
-    df = make_table([images[i].resolve() for i in meta["image_id"]], meta["dx"], groups=meta["lesion_id"])
+    extra = meta[[c for c in METADATA_COLUMNS if c in meta.columns]]
+    df = make_table([images[i].resolve() for i in meta["image_id"]], meta["dx"], groups=meta["lesion_id"],
+                    metadata=extra)
     return check_table(df, str(extracted)), list(CLASSES)
 
 

@@ -1,0 +1,124 @@
+"""What an evaluation adds beyond the metrics: bootstrap intervals, the subgroup audit, the error gallery.
+
+The ``evaluation`` config block (conf/evaluate.yaml, and the same block in the train config) becomes an
+``EvaluationOptions`` with ``evaluation_options``; ``analyse`` adds to an ``Evaluation``:
+
+* ``<split>/<metric>_ci_low`` / ``_ci_high`` in its metrics (``medimg.evaluation.bootstrap``);
+* ``subgroups``: the audit of ``dataset.subgroup_columns`` (``medimg.evaluation.subgroups``), on the final
+  (calibrated, thresholded) predictions;
+* ``gallery``: per class the most confident mistakes and least confident correct calls with their CAMs
+  (``medimg.evaluation.error_gallery``; needs the model and the split's dataset, so not for fold ensembles).
+
+A subgroup audit the data cannot support (a column it lacks, an empty age band) does not stop an evaluation
+that comes at the end of a training run: its message is logged as an error and written into the report.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from torchvision.transforms import v2
+
+from medimg.errors import ConfigError, UserError
+from medimg.evaluation.bootstrap import interval_metrics
+from medimg.evaluation.error_gallery import Gallery, gallery_pictures, select_gallery
+from medimg.evaluation.subgroups import subgroup_audit
+
+if TYPE_CHECKING:
+    from medimg.evaluation.evaluator import Evaluation
+
+log = logging.getLogger(__name__)
+
+# the keys of the ``evaluation`` config block
+CONFIG_KEYS = ("bootstrap_resamples", "interval_level", "bootstrap_seed", "subgroup_metrics", "subgroup_min_images",
+               "gallery_per_class", "gallery_method", "gallery_layer")
+
+
+@dataclass(frozen=True)
+class EvaluationOptions:
+    bootstrap_resamples: int          # 0 = no intervals
+    interval_level: float
+    bootstrap_seed: int
+    subgroup_metrics: tuple[str, ...]
+    subgroup_min_images: int
+    gallery_per_class: int            # 0 = no gallery
+    gallery_method: str
+    gallery_layer: str | None
+    subgroup_columns: tuple[str, ...]                 # from the dataset config
+    subgroup_bins: Mapping[str, Sequence[float]]      # from the dataset config
+
+    @property
+    def bootstrap(self) -> dict[str, Any]:
+        return {"bootstrap_resamples": self.bootstrap_resamples, "interval_level": self.interval_level,
+                "bootstrap_seed": self.bootstrap_seed}
+
+
+def evaluation_options(evaluation: Mapping[str, Any], subgroup_columns: Sequence[str] | None,
+                       subgroup_bins: Mapping[str, Sequence[float]] | None) -> EvaluationOptions:
+    """The ``evaluation`` config block plus the data set's ``subgroup_columns`` / ``subgroup_bins``."""
+    missing = [k for k in CONFIG_KEYS if k not in evaluation]
+    if missing:
+        raise ConfigError(f"config keys missing: {', '.join('evaluation.' + k for k in missing)} "
+                          "(see conf/evaluate.yaml)")
+    level = float(evaluation["interval_level"])
+    if not 0 < level < 1:
+        raise ConfigError(f"evaluation.interval_level={level}: must be in (0, 1), e.g. 0.95")
+    values = {k: evaluation[k] for k in CONFIG_KEYS}
+    values["subgroup_metrics"] = tuple(values["subgroup_metrics"])
+    return EvaluationOptions(**values, subgroup_columns=tuple(subgroup_columns or ()),
+                             subgroup_bins=dict(subgroup_bins or {}))
+
+
+def add_intervals(ev: Evaluation, options: EvaluationOptions) -> None:
+    ev.metrics.update(interval_metrics(ev.raw_probs, ev.final_probs, ev.targets, ev.calibration, options.bootstrap,
+                                       prefix=f"{ev.split}/"))
+
+
+def add_subgroups(ev: Evaluation, options: EvaluationOptions) -> None:
+    if not options.subgroup_columns:
+        return
+    if ev.table is None:
+        ev.notes.append("Subgroup audit not done: this evaluation carries no data table.")
+        return
+    try:
+        ev.subgroups = subgroup_audit(
+            ev.final_probs, ev.targets, ev.table, ev.class_names, options.subgroup_columns, options.subgroup_bins,
+            options.subgroup_metrics, options.bootstrap, options.subgroup_min_images,
+            threshold=(ev.calibration or {}).get("threshold"), split=ev.split)
+    except UserError as e:
+        log.error("subgroup audit not done: %s", e)
+        ev.notes.append(f"Subgroup audit not done: {e}")
+
+
+def normalisation_of(eval_tf) -> tuple[list[float], list[float]]:
+    """The mean and std of the evaluation transform's Normalize step (to show images as they were)."""
+    for t in getattr(eval_tf, "transforms", []):
+        if isinstance(t, v2.Normalize):
+            return list(t.mean), list(t.std)
+    raise ValueError("the evaluation transform has no Normalize step")
+
+
+def add_gallery(ev: Evaluation, model, dataset, eval_tf, options: EvaluationOptions) -> None:
+    """The error gallery of ``ev`` (images read from ``dataset`` by the evaluation's row indices)."""
+    if options.gallery_per_class <= 0 or ev.rows is None:
+        return
+    preds = ev.final_preds
+    selection = select_gallery(ev.final_probs, ev.targets, preds, options.gallery_per_class)
+    positions = [p for kind in selection.values() for chosen in kind.values() for p in chosen]
+    mean, std = normalisation_of(eval_tf)
+    pictures = gallery_pictures(model, dataset, ev.rows, positions, preds, mean, std, options.gallery_method,
+                                options.gallery_layer)
+    ev.gallery = Gallery(selection=selection, probs=ev.final_probs, targets=ev.targets, preds=preds,
+                         pictures=pictures, method=options.gallery_method)
+
+
+def analyse(ev: Evaluation, options: EvaluationOptions, model=None, dataset=None, eval_tf=None) -> Evaluation:
+    """Intervals and subgroups always; the gallery when ``model``, ``dataset`` and ``eval_tf`` are given."""
+    add_intervals(ev, options)
+    add_subgroups(ev, options)
+    if model is not None and dataset is not None and eval_tf is not None:
+        add_gallery(ev, model, dataset, eval_tf, options)
+    return ev
