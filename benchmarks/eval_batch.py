@@ -13,20 +13,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
+from machine import describe_machine
+from throughput.build import classifier, compose, data_module
+from throughput.data import DATA, folder_overrides, make_images, prepare_data
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train_throughput as tt  # noqa: E402  (the generated images and the config composition)
-
-from medimg.data.datamodule import MedImageDataModule  # noqa: E402
-from medimg.models.classifier import ImageClassifier  # noqa: E402
+IMG_SIZE = 224
 
 
-def one_pass(model: ImageClassifier, loader) -> float:
+def one_pass(model, loader) -> float:
     """Images/s of one pass: load, forward, softmax, like the evaluation loop."""
     n, t0 = 0, time.perf_counter()
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -36,6 +33,19 @@ def one_pass(model: ImageClassifier, loader) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def eval_loaders(root, backbone: str, sizes: list[int]):
+    """medimg's model for ``backbone`` (eval mode, channels_last) and its eval loader over the training
+    images (the largest split, eval transform) at each batch size."""
+    loaders, model = {}, None
+    for s in sizes:
+        c = compose([*folder_overrides(root, IMG_SIZE), f"dataset.eval_batch_size={s}", f"backbone={backbone}",
+                     "backbone.weights=null", "model.channels_last=true"])
+        dm = data_module(c)
+        model = model or classifier(c, dm).eval()
+        loaders[s] = dm.once_loader(dm.unaugmented_dataset("train"))  # as feature extraction reads
+    return model, loaders
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbones", default="resnet18,resnet50")
@@ -43,22 +53,15 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=448, help="images in the evaluated split")
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    root = tt.DATA / f"ham-like-n{args.images}"
-    tt.make_images(root, args.images)
-    tt.prepare_data(root, 224)
+    root = DATA / f"ham-like-n{args.images}"
+    make_images(root, args.images)
+    prepare_data(root, IMG_SIZE)
     sizes = [int(s) for s in args.sizes.split(",")]
-    print(f"{tt.machine()}; {args.images} images at 224 px, median of {args.repeats} passes\n")
+    print(f"{describe_machine()}; {args.images} images at {IMG_SIZE} px, median of {args.repeats} passes\n")
     print("| backbone | " + " | ".join(f"batch {s}" for s in sizes) + " |")
     print("|---|" + "---:|" * len(sizes))
     for backbone in args.backbones.split(","):
-        c = tt._compose(["dataset=folder", f"dataset.root={root}", "dataset.img_size=224"])
-        dm = MedImageDataModule(c["dataset"])
-        dm.setup("fit")
-        model = ImageClassifier(backbone, dm.class_names, weights=None, channels_last=True).eval()
-        loaders = {}
-        for s in sizes:
-            dm.cfg["eval_batch_size"] = s
-            loaders[s] = dm.unaugmented_loader("train")  # the largest split, eval transform
+        model, loaders = eval_loaders(root, backbone, sizes)
         rates: dict[int, list[float]] = {s: [] for s in sizes}
         for s in sizes:  # warm-up pass each
             one_pass(model, loaders[s])

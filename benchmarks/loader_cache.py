@@ -17,36 +17,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFilter
+from throughput.build import compose, transforms
+from throughput.data import draw_lesion, save_lesion_jpeg
 from torch.utils.data import DataLoader
 
 from medimg.data.cache import build_cache
-from medimg.data.dataset import ImageTable
+from medimg.data.image_dataset import ImageDataset
 from medimg.data.readers import read_image
 from medimg.data.table import make_table
-from medimg.data.transforms import eval_transform, train_transform
 
 
 def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
-    """``n`` 600x450 JPEGs: skin-like background, one lesion, fine texture (quality 90)."""
+    """``n`` 600x450 JPEGs in ``folder``: skin-like background, one lesion, fine texture (quality 90)."""
     rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    yy, xx = np.mgrid[0:450, 0:600]
-    for i in range(n):
-        p = folder / f"img_{i:05d}.jpg"
-        paths.append(p)
-        if p.exists():
-            continue
-        tone = rng.uniform(150, 220, 3)
-        base = tone - 0.05 * (xx[..., None] - 300) * rng.uniform(-1, 1)
-        img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
-        draw = ImageDraw.Draw(img)
-        cx, cy, r = rng.uniform(200, 400), rng.uniform(150, 300), rng.uniform(40, 120)
-        draw.ellipse([cx - r, cy - 0.8 * r, cx + r, cy + 0.8 * r], fill=tuple(int(v) for v in tone * 0.45))
-        smooth = np.asarray(img.filter(ImageFilter.GaussianBlur(3)), dtype=np.float32)
-        textured = smooth + rng.normal(0, 8, (450, 600, 1))  # skin texture: ~90 KB per file, like the real ones
-        Image.fromarray(np.clip(textured, 0, 255).astype(np.uint8)).save(p, quality=90)
+    paths = [folder / f"img_{i:05d}.jpg" for i in range(n)]
+    for p in paths:
+        lesion = draw_lesion(rng, shade=0.45)
+        if not p.exists():
+            save_lesion_jpeg(p, lesion)
     return paths
 
 
@@ -56,7 +44,7 @@ def _pass(loader) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def compare(datasets: dict[str, ImageTable], batch_size: int, workers: int, repeats: int) -> dict[str, float]:
+def compare(datasets: dict[str, ImageDataset], batch_size: int, workers: int, repeats: int) -> dict[str, float]:
     """Median images/s per dataset; the timed passes alternate between them so that a machine whose load
     changes during the run affects both alike. One untimed pass each first warms workers and page cache."""
     loaders = {k: DataLoader(d, batch_size=batch_size, shuffle=True, num_workers=workers,
@@ -100,9 +88,10 @@ def main() -> None:
           f"({args.images / build_s:.0f} images/s)")
     print("| transform | JPEG decode (img/s) | cache (img/s) | speed-up |")
     print("|---|---|---|---|")
-    for name, tf in (("train (augment)", train_transform(args.img_size)), ("eval", eval_transform(args.img_size))):
-        rates = compare({"jpeg": ImageTable(table, ["a", "b"], tf, read_image),
-                         "cache": ImageTable(table, ["a", "b"], tf, cache)},
+    train_tf, eval_tf = transforms(compose([f"dataset.img_size={args.img_size}"]))
+    for name, tf in (("train (augment)", train_tf), ("eval", eval_tf)):
+        rates = compare({"jpeg": ImageDataset(table, ["a", "b"], tf, reader=read_image),
+                         "cache": ImageDataset(table, ["a", "b"], tf, reader=cache)},
                         args.batch_size, args.workers, args.repeats)
         plain, cached = rates["jpeg"], rates["cache"]
         print(f"| {name} | {plain:.0f} | {cached:.0f} | {cached / plain:.2f}x |")

@@ -18,9 +18,7 @@ the paths interleaved run by run so that other load on a shared machine hits the
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -28,14 +26,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_info
+from throughput.build import classifier, compose, data_module
+from throughput.data import DATA, folder_overrides, make_images
 
 from medimg.evaluation.calibration import calibrated_probs
 from medimg.explain.gradcam import compute_cams
 from medimg.export import ExportModel
-from medimg.hardware import cpu_has_fast_bf16
+from medimg.files import write_json
 from medimg.models.classifier import ImageClassifier
 
-CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+MODEL_IMAGES = 64  # the model is built for the HAM-like set's 7 classes; its images are not read
 
 
 def _timed(fn) -> float:
@@ -89,11 +90,18 @@ class OnnxRuntime:
         return self.session.run(["probs"], {"image": x.numpy()})[0]
 
 
+def random_model(backbone: str, img_size: int) -> ImageClassifier:
+    """medimg's model for ``backbone`` with random weights, built as a run on the HAM-like images builds it."""
+    root = DATA / f"ham-like-n{MODEL_IMAGES}"
+    make_images(root, MODEL_IMAGES)
+    c = compose([*folder_overrides(root, img_size), f"backbone={backbone}", "backbone.weights=null", "seed=0"])
+    return classifier(c, data_module(c)).eval()
+
+
 def bench_backbone(backbone: str, img_size: int, batch: int, repeats: int, threads: int, workdir: Path):
     """Timings of every path, interleaved (path A, B, C, A, B, C, ...) so that load from other processes on a
     shared machine hits all paths alike; medians per path."""
-    torch.manual_seed(0)
-    model = ImageClassifier(backbone, CLASSES).eval()
+    model = random_model(backbone, img_size)
     g = torch.Generator().manual_seed(1)
     one = torch.randn(1, 3, img_size, img_size, generator=g)
     many = torch.randn(batch, 3, img_size, img_size, generator=g)
@@ -134,18 +142,17 @@ def bench_backbone(backbone: str, img_size: int, batch: int, repeats: int, threa
 
 def agreement_on_checkpoint(ckpt: Path, images: Path, limit: int, threads: int, workdir: Path) -> list[dict]:
     """Probabilities of a trained checkpoint on real images: bf16 and onnxruntime against eager fp32."""
-    from medimg.checkpoints import load_classifier
+    from medimg.data.inputs import collect_images
     from medimg.data.readers import read_image
-    from medimg.data.transforms import eval_transform
-    from medimg.predict import collect_images, preprocessing_of
+    from medimg.inference import load_trained
 
-    model, _ = load_classifier(ckpt)
-    pre = preprocessing_of(dict(model.hparams), 96)
-    tf = eval_transform(pre["img_size"], pre["resize"], pre["mean"], pre["std"])
+    trained = load_trained(ckpt)
+    model, pre = trained.model, trained.preprocess
+    tf = pre.transform()
     files, _ = collect_images(images)
     files = [files[int(i)] for i in np.linspace(0, len(files) - 1, min(limit, len(files))).round()]
     x = torch.stack([tf(read_image(f)) for f in files])
-    paths = [EagerFP32(model), EagerBF16(model), OnnxRuntime(model, pre["img_size"], threads, workdir)]
+    paths = [EagerFP32(model), EagerBF16(model), OnnxRuntime(model, pre.img_size, threads, workdir)]
     ref = paths[0].probs(x)
     rows = []
     for p in paths[1:]:
@@ -160,21 +167,10 @@ def agreement_on_checkpoint(ckpt: Path, images: Path, limit: int, threads: int, 
 
 
 def machine() -> dict:
-    flags = ""
-    try:
-        flags = next((ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")), "")
-    except OSError:
-        pass
-    model_name = ""
-    try:
-        model_name = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-                          "")
-    except OSError:
-        pass
     import onnxruntime
 
-    return {"cpu": model_name or platform.processor(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "avx512_bf16": "avx512_bf16" in flags, "amx": "amx_tile" in flags, "fast_bf16": cpu_has_fast_bf16(),
+    info = cpu_info()
+    return {**info, "torch_threads": torch.get_num_threads(), "fast_bf16": info["avx512_bf16"] or info["amx"],
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
 
 
@@ -216,8 +212,8 @@ def main() -> None:
     print(to_markdown(rows))
     print(f"load average: {info['load_average_start']} at the start, {info['load_average_end']} at the end")
     if args.json:
-        args.json.write_text(json.dumps({"machine": info, "args": {k: str(v) for k, v in vars(args).items()},
-                                         "results": rows, "agreement_on_checkpoint": agreement}, indent=2))
+        write_json(args.json, {"machine": info, "args": {k: str(v) for k, v in vars(args).items()},
+                               "results": rows, "agreement_on_checkpoint": agreement})
 
 
 if __name__ == "__main__":
