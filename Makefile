@@ -7,8 +7,12 @@ PIP := $(VENV)/bin/pip
 ARGS ?=
 DATASET ?= ham10000
 PYTEST_ARGS ?=
+# the GPU check: its machine's own Python (torch there is not ours), and the packages it lacks, carried as wheels
+GPU_PYTHON ?= python3
+GPU_WHEELS ?= hydra-core omegaconf antlr4-python3-runtime grad-cam ttach pydicom
+GPU_BINARY_WHEELS ?=
 
-.PHONY: help install train test test-fast lint format tensorboard download benchmark clean
+.PHONY: help install train test test-fast lint format tensorboard download benchmark gpu-wheels gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -42,6 +46,17 @@ tensorboard: install  ## serve the run folders (outputs/ and multirun/) in Tenso
 
 download: install  ## download and prepare a Kaggle data set: make download DATASET=ham10000
 	$(PY) -m medimg.download dataset=$(DATASET)
+
+gpu-wheels: install  ## fill .whl/ with the wheels gpu-check installs (the versions in .venv, for Python 3.12)
+	rm -rf .whl && mkdir -p .whl
+	$(PIP) wheel --quiet --no-deps -w .whl $$($(PY) benchmarks/gpu/wheels.py pins $(GPU_WHEELS))
+	if [ -n "$(strip $(GPU_BINARY_WHEELS))" ]; then $(PIP) download --quiet --no-deps --only-binary=:all: \
+		--python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl $$($(PY) benchmarks/gpu/wheels.py pins $(GPU_BINARY_WHEELS)); fi
+	$(PY) benchmarks/gpu/wheels.py check .whl $(GPU_WHEELS) $(GPU_BINARY_WHEELS)
+
+gpu-check:  ## on a CUDA machine: install medimg + .whl/, GPU tests, throughput (results under OUT); ARGS= adds options
+	$(GPU_PYTHON) benchmarks/gpu_check.py $(ARGS)
 
 clean:  ## remove caches and run folders (keeps .venv and data/)
 	rm -rf outputs multirun lightning_logs .pytest_cache .ruff_cache

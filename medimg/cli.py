@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+
+from omegaconf import OmegaConf
 
 from medimg.console import quiet_third_party
 from medimg.errors import UserError
@@ -21,6 +24,17 @@ from medimg.errors import UserError
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 T = TypeVar("T")
 log = logging.getLogger("medimg")
+_RUN_ID = secrets.token_hex(3)
+
+
+def run_id() -> str:
+    """A short random token, fixed for this process: the suffix that keeps the folders of runs started in
+    the same second apart (``${run_id:}`` in conf/hydra/default.yaml)."""
+    return _RUN_ID
+
+
+if not OmegaConf.has_resolver("run_id"):
+    OmegaConf.register_new_resolver("run_id", run_id, use_cache=True)  # one value per config, workers too
 
 
 def debug_enabled() -> bool:
@@ -42,5 +56,14 @@ def run_task(task: Callable[..., T], *args, **kwargs) -> T:
     except UserError as e:
         if debug_enabled() or in_multirun():
             raise
-        log.error("%s", e)
+        report_error(e)
         sys.exit(1)
+
+
+def report_error(e: BaseException) -> None:
+    """``error: <message>`` on stderr, and the same line in the run's log file (not twice on the console)."""
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (e,), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)

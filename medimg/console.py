@@ -1,18 +1,34 @@
-"""Console hygiene for the command-line entry points: keep third-party chatter out of the run's output."""
+"""Console hygiene for the command-line entry points: keep third-party chatter out of the run's output.
+
+A run's console shows medimg's own log (data, phases, the network's blocks, metrics) and Lightning's progress
+bar; Lightning's hardware boilerplate (``GPU available: False ...``), its tips, and deprecation warnings that
+libraries raise about each other stay out.
+"""
 
 from __future__ import annotations
 
 import logging
 import warnings
 
+BOILERPLATE = ("Tip:", "GPU available:", "TPU available:", "HPU available:", "IPU available:",
+               "Trainer already configured with model summary", "`Trainer(limit_", "`Trainer(val_check_interval",
+               "Using bfloat16 Automatic Mixed Precision", "Using 16bit Automatic Mixed Precision",
+               "LOCAL_RANK:", "You are using a CUDA device", "💡")
 
-class _DropTips(logging.Filter):
+
+class _DropBoilerplate(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip:" not in record.getMessage()
+        msg = record.getMessage()
+        return not any(b in msg for b in BOILERPLATE)
 
 
 def quiet_third_party() -> None:
-    """Drop Lightning's promotional tips and deprecation warnings that libraries raise about each other."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTips())
+    """Drop Lightning's boilerplate and tips, and deprecation warnings that libraries raise about each other."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).addFilter(_DropBoilerplate())
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
     warnings.filterwarnings("ignore", message=r".*is not supported by the model summary.*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")  # frozen blocks
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")  # one per phase

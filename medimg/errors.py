@@ -18,3 +18,11 @@ class ConfigError(UserError, ValueError):
 
 class DataError(UserError, ValueError):
     """Data that cannot be used as given: empty or missing folders, unknown labels, unreadable images."""
+
+
+class MissingDataError(UserError, FileNotFoundError):
+    """Data that are not where the config says: a missing folder, file, or a data set not downloaded yet."""
+
+
+class DataExistsError(UserError, FileExistsError):
+    """A folder that should be new or medimg's own but holds something else."""

@@ -98,7 +98,8 @@ def save_figure(fig, path: str | Path, **kwargs: Any) -> Path:
 
 
 def file_lock(path: str | Path, timeout: float = -1) -> FileLock:
-    """An inter-process lock on ``<path>.lock`` (``with file_lock(p): ...``); ``timeout`` -1 waits for ever."""
+    """An inter-process lock on ``path`` through the hidden file ``.<name>.lock`` beside it (``with
+    file_lock(p): ...``); ``timeout`` -1 waits for ever."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(path.with_name(path.name + ".lock")), timeout=timeout)
+    return FileLock(str(path.with_name(f".{path.name.lstrip('.')}.lock")), timeout=timeout)

@@ -1,4 +1,5 @@
-"""Shared test helpers: composing the train config for tiny CPU runs on a shared synthetic data folder."""
+"""Shared test helpers: composing the train config for tiny CPU runs on a shared synthetic data folder, and
+building the model and data module from it (so every default comes from the YAML, as in a real run)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def compose_train(out_dir: Path, data_dir: Path, overrides: list[str] = ()):
     """The train config as Hydra composes it, with run and data folders pointed at test folders."""
     from hydra import compose, initialize_config_dir
 
-    from medimg.train import CONF_DIR
+    from medimg.cli import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(
@@ -35,6 +36,45 @@ def compose_train(out_dir: Path, data_dir: Path, overrides: list[str] = ()):
             overrides=[f"paths.root_dir={out_dir}", f"paths.output_dir={out_dir}", f"paths.data_dir={data_dir}",
                        *overrides],
         )
+
+
+def settings_of(cfg):
+    """The typed settings of a composed train config."""
+    from omegaconf import OmegaConf
+
+    from medimg.config.training import train_settings
+
+    return train_settings(OmegaConf.to_container(cfg, resolve=True))
+
+
+def datamodule_of(cfg, setup: bool = True):
+    """The data module a run with ``cfg`` builds (set up unless ``setup=False``)."""
+    from medimg.data.datamodule import MedImageDataModule
+    from medimg.data.sources import work_dir
+
+    s = settings_of(cfg)
+    dm = MedImageDataModule(s.dataset, work_dir(s.dataset, s.paths.cache_dir), False, s.seed)
+    if setup:
+        dm.prepare_data()
+        dm.setup("fit")
+    return dm
+
+
+def make_classifier(class_names, *overrides: str, tmp: Path | None = None, **arguments):
+    """An ImageClassifier as a run with the default config (plus ``overrides``) builds it; ``arguments``
+    replace constructor arguments (e.g. ``nan_check_every=1``)."""
+    from medimg.config.schema import as_dict
+    from medimg.data.datamodule import preprocess_of
+    from medimg.models.classifier import ImageClassifier
+
+    where = tmp or Path("/nonexistent")
+    s = settings_of(compose_train(where, where / "data", ["backbone.weights=null", *overrides]))
+    args = dict(backbone=s.backbone.name, class_names=list(class_names), weights=s.backbone.weights,
+                dropout=s.backbone.dropout, class_weights=None, optim=as_dict(s.optim),
+                label_smoothing=s.model.label_smoothing, channels_last=False,
+                nan_check_every=s.model.nan_check_every, live_step_loss=False,
+                preprocess=preprocess_of(s.dataset).to_dict())
+    return ImageClassifier(**{**args, **arguments})
 
 
 @pytest.fixture(scope="session")
@@ -66,3 +106,64 @@ def tiny_ckpt(tmp_path_factory, data_dir) -> Path:
     ckpt = run / "checkpoints" / "best.ckpt"
     assert ckpt.is_file(), f"the tiny run wrote no {ckpt}"
     return ckpt
+
+
+def dataset_module(tmp: Path, dataset: str = "folder", **keys):
+    """A MedImageDataModule (not set up) for the ``dataset`` group with ``keys`` set on top of its YAML
+    defaults; medimg's own files go under ``tmp/cache`` (``paths.cache_dir``)."""
+    from omegaconf import OmegaConf
+
+    from medimg.data.datamodule import MedImageDataModule
+    from medimg.data.sources import work_dir
+
+    extra = ["dataset.root=/unset"] if dataset == "folder" else []
+    extra += ["dataset.csv=/unset"] if dataset == "csv" else []
+    cfg = compose_train(tmp / "run", tmp / "data", [f"dataset={dataset}", f"paths.cache_dir={tmp / 'cache'}", *extra])
+    for key, value in keys.items():
+        OmegaConf.update(cfg, f"dataset.{key}", value, force_add=True)
+    s = settings_of(cfg)
+    return MedImageDataModule(s.dataset, work_dir(s.dataset, s.paths.cache_dir), False, s.seed)
+
+
+def command_config(name: str, out_dir: Path, *overrides: str) -> dict:
+    """conf/<name>.yaml (predict, export, evaluate, explain ...) composed and resolved as the command would,
+    with its output folder at ``out_dir``: a plain dict."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from medimg.cli import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name=name, overrides=[f"paths.root_dir={out_dir}", f"paths.output_dir={out_dir}",
+                                                   *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+class Interrupted(Exception):
+    """Raised by ``interrupt_at`` to stop a run the way a crash would, right after an epoch's checkpoint."""
+
+
+def interrupt_at(monkeypatch, phase: str, epoch: int) -> None:
+    """Make the next run stop when ``phase`` starts ``epoch`` (just after last.ckpt is written there)."""
+    from medimg.training import trainer as trainer_module
+
+    original = trainer_module.EpochStartCheckpoint.on_train_epoch_start
+
+    def stop(self, trainer, pl_module):
+        original(self, trainer, pl_module)
+        if pl_module.phase["name"] == phase and trainer.current_epoch == epoch:
+            raise Interrupted(f"stopped at the start of {phase} epoch {epoch}")
+
+    monkeypatch.setattr(trainer_module.EpochStartCheckpoint, "on_train_epoch_start", stop)
+
+
+def calibration_of(method: str, **keys):
+    """The ``calibration`` settings of ``calibration=<method>`` (its YAML) with ``keys`` set on top."""
+    from medimg.config.schema import read
+    from medimg.config.training import CalibrationSettings
+
+    cfg = compose_train(Path("/nonexistent"), Path("/nonexistent"), [f"calibration={method}"])
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(cfg.calibration, resolve=True)
+    return read(CalibrationSettings, {**node, **keys}, "calibration")

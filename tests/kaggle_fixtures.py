@@ -195,8 +195,9 @@ def compose_download(root: Path, name: str, overrides: list[str] = ()):
     """conf/download.yaml as Hydra composes it, with the data folder under ``root``."""
     from hydra import compose, initialize_config_dir
 
-    from medimg.train import CONF_DIR
+    from medimg.cli import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="download", overrides=[f"dataset={name}", f"paths.root_dir={root}",
-                                                          f"paths.data_dir={root / 'data'}", *overrides])
+        return compose(config_name="download", overrides=[
+            f"dataset={name}", f"paths.root_dir={root}", f"paths.data_dir={root / 'data'}",
+            f"paths.output_dir={root / 'out'}", *overrides])

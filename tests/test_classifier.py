@@ -7,7 +7,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from medimg.models.classifier import ImageClassifier, NonFiniteLossError
+from medimg.errors import ConfigError
+from medimg.models.classifier import NonFiniteLossError
+from tests.conftest import make_classifier
 
 
 def _loader(x: torch.Tensor, n_classes: int = 3) -> DataLoader:
@@ -16,7 +18,7 @@ def _loader(x: torch.Tensor, n_classes: int = 3) -> DataLoader:
 
 
 def test_nan_loss_stops_with_a_clear_message():
-    model = ImageClassifier("resnet18", ["a", "b", "c"], nan_check_every=1)
+    model = make_classifier(["a", "b", "c"], nan_check_every=1)
     model.set_phase("head", [], 1e-3, 1)
     x = torch.full((8, 3, 32, 32), float("nan"))
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -26,7 +28,7 @@ def test_nan_loss_stops_with_a_clear_message():
 
 
 def test_frozen_blocks_stay_in_eval_mode_when_training():
-    model = ImageClassifier("resnet18", ["a", "b"])
+    model = make_classifier(["a", "b"])
     model.set_phase("finetune", ["layer4"], 5e-4, 2)
     model.train()
     assert model.net.layer4.training and model.net.fc.training
@@ -38,5 +40,5 @@ def test_frozen_blocks_stay_in_eval_mode_when_training():
 
 
 def test_needs_two_classes():
-    with pytest.raises(ValueError, match="at least 2 classes"):
-        ImageClassifier("resnet18", ["only"])
+    with pytest.raises(ConfigError, match="at least 2 classes"):
+        make_classifier(["only"])

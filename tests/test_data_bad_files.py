@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medimg.data.datamodule import MedImageDataModule
 from medimg.data.kaggle import fetch
 from medimg.data.sources.ham10000 import KAGGLE
+from tests.conftest import dataset_module
 from tests.kaggle_fixtures import ARCHIVES, ham10000_zip
 
 
@@ -23,9 +23,9 @@ def ham_root(tmp_path):
     return root
 
 
-def _cfg(root, **kw):
-    return {"name": "ham10000", "source": "ham10000", "root": str(root), "img_size": 16, "batch_size": 8,
-            "num_workers": 0, "split": {"val": 0.15, "test": 0.15, "seed": 42}, **kw}
+def _dm(root, **kw):
+    return dataset_module(root.parent, "ham10000", root=str(root), img_size=16, batch_size=8, num_workers=0,
+                          split={"val": 0.15, "test": 0.15, "seed": 42}, **kw)
 
 
 def _corrupt(ham_root):
@@ -38,7 +38,7 @@ def _corrupt(ham_root):
 
 def test_corrupt_images_stop_with_their_list(ham_root):
     bad = _corrupt(ham_root)
-    dm = MedImageDataModule(_cfg(ham_root))
+    dm = _dm(ham_root)
     with pytest.raises(ValueError) as err:
         dm.setup("fit")
     msg = str(err.value)
@@ -48,7 +48,7 @@ def test_corrupt_images_stop_with_their_list(ham_root):
 
 def test_skip_bad_files_drops_them_with_a_counted_warning(ham_root, caplog):
     bad = _corrupt(ham_root)
-    dm = MedImageDataModule(_cfg(ham_root, skip_bad_files=True))
+    dm = _dm(ham_root, skip_bad_files=True)
     with caplog.at_level(logging.WARNING):
         dm.setup("fit")
     assert "dropping 2 unreadable image(s)" in caplog.text
@@ -62,7 +62,7 @@ def test_corrupt_image_in_a_csv_source(tmp_path):
         Image.fromarray(np.full((10, 10, 3), i * 20, np.uint8)).save(tmp_path / f"{i}.png")
     (tmp_path / "5.png").write_bytes(b"PNG? no")
     (tmp_path / "l.csv").write_text("path,label\n" + "".join(f"{i}.png,{'ab'[i % 2]}\n" for i in range(12)))
-    cfg = {"name": "csv", "source": "csv", "csv": str(tmp_path / "l.csv"), "root": str(tmp_path / "state"),
-           "img_size": 8, "batch_size": 4, "split": {"val": 0.25, "test": 0.25, "seed": 0}}
+    dm = dataset_module(tmp_path, "csv", csv=str(tmp_path / "l.csv"), img_size=8, batch_size=4,
+                        split={"val": 0.25, "test": 0.25, "seed": 0})
     with pytest.raises(ValueError, match="5.png"):
-        MedImageDataModule(cfg).setup("fit")
+        dm.setup("fit")

@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from medimg.data.datamodule import MedImageDataModule, class_weights_from_counts
+from medimg.data.datamodule import class_weights_from_counts
 from medimg.data.sources.folder import folder_table
 from medimg.data.splits import assign_splits, load_or_make_splits
 from medimg.data.table import make_table
+from tests.conftest import dataset_module
 
 
 def _write_images(folder, n, size=8):
@@ -77,18 +78,17 @@ def test_folder_errors_name_the_problem(tmp_path):
 def test_too_few_images_for_the_split(tmp_path):
     _write_images(tmp_path / "few" / "a", 30)
     _write_images(tmp_path / "few" / "b", 2)
-    cfg = {"name": "few", "source": "folder", "root": str(tmp_path / "few"), "img_size": 8, "batch_size": 4,
-           "split": {"val": 0.15, "test": 0.15, "seed": 0}}
+    dm = dataset_module(tmp_path, root=str(tmp_path / "few"), img_size=8, batch_size=4,
+                        split={"val": 0.15, "test": 0.15, "seed": 0})
     with pytest.raises(ValueError, match=r"fewer images than a 15% hold-out needs"):
-        MedImageDataModule(cfg).setup()
+        dm.setup()
 
 
 def test_datamodule_yields_normalised_batches_and_takes_classes_from_data(tmp_path):
     for cls in ("x", "y", "z"):
         _write_images(tmp_path / "d" / cls, 20, size=12)
-    cfg = {"name": "d", "source": "folder", "root": str(tmp_path / "d"), "img_size": 8, "batch_size": 4,
-           "num_workers": 0, "split": {"val": 0.2, "test": 0.2, "seed": 0}}
-    dm = MedImageDataModule(cfg)
+    dm = dataset_module(tmp_path, root=str(tmp_path / "d"), img_size=8, batch_size=4, num_workers=0,
+                        split={"val": 0.2, "test": 0.2, "seed": 0})
     dm.setup()
     assert dm.class_names == ["x", "y", "z"] and dm.num_classes == 3
     x, y, idx = next(iter(dm.train_dataloader()))

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 from PIL import Image
 
-from medimg.data.datamodule import MedImageDataModule
 from medimg.data.sources.csv_source import csv_table
-from tests.conftest import compose_train
+from tests.conftest import compose_train, datamodule_of
 
 
 def _images(folder, names, seed=0):
@@ -36,25 +34,24 @@ def _labels_csv(root, n_patients=24, per_patient=3, extra_columns=None):
     return root / "labels.csv"
 
 
-def _dataset_cfg(tmp_path, *overrides):
-    cfg = compose_train(tmp_path / "run", tmp_path / "data", ["dataset=csv", *overrides])
-    c = OmegaConf.to_container(cfg.dataset, resolve=True)
-    c.update(img_size=16, num_workers=0)
-    return c
+def _datamodule(tmp_path, *overrides):
+    cfg = compose_train(tmp_path / "run", tmp_path / "data", ["dataset=csv", "dataset.img_size=16",
+                                                               "dataset.num_workers=0", *overrides])
+    return datamodule_of(cfg, setup=False)
 
 
 def test_csv_relative_paths_and_grouped_split(tmp_path):
     csv = _labels_csv(tmp_path / "set")
-    cfg = _dataset_cfg(tmp_path, f"dataset.csv={csv}", "dataset.path_column=file",
+    dm = _datamodule(tmp_path, f"dataset.csv={csv}", "dataset.path_column=file",
                        "dataset.label_column=diagnosis", "dataset.group_column=patient")
-    dm = MedImageDataModule(cfg)
     dm.setup("fit")
     t = dm.table
     assert dm.class_names == ["benign", "malignant", "other"] and len(t) == 72
     assert t["path"].str.startswith(str((tmp_path / "set" / "img").resolve())).all()
     assert (t.groupby("group")["split"].nunique() == 1).all(), "a patient is in two splits"
     assert set(t["split"]) == {"train", "val", "test"}
-    assert (tmp_path / "data" / "csv" / "medimg_splits.csv").is_file()
+    assert (dm.work_dir / "medimg_splits.csv").is_file() and dm.work_dir.parent == tmp_path / "data" / "cache"
+    assert sorted(p.name for p in (tmp_path / "set").iterdir()) == ["img", "labels.csv"]  # the user's folder untouched
 
 
 def test_csv_split_column_and_given_classes(tmp_path):

@@ -17,8 +17,9 @@ from medimg.data.kaggle import (
     is_complete,
     kaggle_api,
 )
-from medimg.data.sources import KAGGLE_SETS, load_source
+from medimg.data.sources import KAGGLE_SETS
 from medimg.download import download
+from tests.conftest import dataset_module
 from tests.kaggle_fixtures import ARCHIVES, FakeKaggle, chest_xray_zip, compose_download
 
 KS = KAGGLE_SETS["chest_xray"]
@@ -91,7 +92,7 @@ def test_interrupted_download_leaves_nothing_mistaken_for_complete(monkeypatch, 
         fetch(KS, root)
     assert not is_complete(root) and _leftovers(root / "raw") == []
     with pytest.raises(DataNotReadyError, match="python -m medimg.download dataset=chest_xray"):
-        load_source({"source": "chest_xray", "root": str(root)})
+        dataset_module(tmp_path, "chest_xray", root=str(root)).prepare_data()
 
 
 def test_truncated_download_is_not_moved_into_place(monkeypatch, tmp_path, chest_archive):
@@ -164,10 +165,7 @@ def test_download_refuses_a_non_kaggle_dataset(tmp_path):
 
 
 def test_training_without_data_names_the_download_command(tmp_path):
-    from medimg.data.datamodule import MedImageDataModule
-
-    dm = MedImageDataModule({"name": "ham10000", "source": "ham10000", "root": str(tmp_path / "ham10000"),
-                             "img_size": 32, "batch_size": 4})
+    dm = dataset_module(tmp_path, "ham10000", root=str(tmp_path / "ham10000"), img_size=32, batch_size=4)
     with pytest.raises(DataNotReadyError) as err:
         dm.prepare_data()
     assert "python -m medimg.download dataset=ham10000" in str(err.value)

@@ -6,17 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
 from PIL import Image
 
-from medimg.data.datamodule import MedImageDataModule
 from medimg.data.readers import read_image
 from medimg.data.sources.chest_xray import patient_group
 from medimg.data.sources.fashion_mnist import CLASSES as FASHION_CLASSES
 from medimg.data.sources.fashion_mnist import fashion_mnist_table
 from medimg.download import download
 from medimg.train import train
-from tests.conftest import compose_train
+from tests.conftest import compose_train, dataset_module
 from tests.kaggle_fixtures import (
     ARCHIVES,
     HAM_LESIONS,
@@ -56,9 +54,8 @@ def prepared(tmp_path_factory):
 
 
 def _split_table(root, name, **overrides):
-    cfg = OmegaConf.to_container(compose_download(root, name).dataset, resolve=True)
-    cfg.update(img_size=32, num_workers=0, **overrides)
-    dm = MedImageDataModule(cfg)
+    cfg = compose_download(root, name)
+    dm = dataset_module(root, name, root=cfg.dataset.root, img_size=32, num_workers=0, **overrides)
     dm.setup("fit")
     return dm
 
@@ -84,6 +81,9 @@ def test_ham10000_table_from_the_published_layout(prepared):
     by_image = {p.rsplit("/", 1)[1][:-4]: g for p, g in zip(table["path"], table["group"])}
     assert all(by_image[img] == lesion for lesion, imgs in lesions.items() for img in imgs)
     assert (root / "raw" / "COMPLETE").is_file() and not (root / "raw" / ARCHIVES["ham10000"]).exists()
+    # the metadata travels with the table (subgroup audit, predictions.csv), as text
+    assert list(table.columns[4:]) == ["dx_type", "age", "sex", "localization"]
+    assert set(table["age"]) == {"45.0"} and set(table["sex"]) == {"male"} and set(table["localization"]) == {"back"}
 
 
 def test_ham10000_split_is_grouped_by_lesion_and_stratified(prepared):

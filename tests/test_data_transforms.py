@@ -105,7 +105,9 @@ def test_rotation_equals_pil_rotate_with_the_same_angle():
 
 def test_train_transform_takes_pil_and_cached_tensors_and_is_seeded():
     arr = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
-    tf = train_transform(32)
+    aug = dict(crop_scale=(0.7, 1.0), mean=IMAGENET_MEAN, std=IMAGENET_STD, augment=True, hflip=0.5, vflip=0.3,
+               rotation=15, color_jitter=0.2)
+    tf = train_transform(32, **aug)
     for inp in (Image.fromarray(arr), torch.from_numpy(arr).permute(2, 0, 1)):  # reader, cache view
         torch.manual_seed(3)
         a = tf(inp)
@@ -113,7 +115,8 @@ def test_train_transform_takes_pil_and_cached_tensors_and_is_seeded():
         assert torch.equal(a, tf(inp))
         assert a.shape == (3, 32, 32) and a.dtype == torch.float32
     assert not any("ColorJitter" in type(t).__name__ for t in tf.transforms)
-    off = train_transform(32, hflip=0, vflip=0, rotation=0, color_jitter=0, crop_scale=(1.0, 1.0))
+    off = train_transform(32, **{**aug, "hflip": 0, "vflip": 0, "rotation": 0, "color_jitter": 0,
+                                 "crop_scale": (1.0, 1.0)})
     assert [type(t).__name__ for t in off.transforms] == ["ToImage", "RandomResizedCrop", "JitterNormalize"]
-    ev = eval_transform(32)(Image.fromarray(arr))
+    ev = eval_transform(32, 1.0, IMAGENET_MEAN, IMAGENET_STD)(Image.fromarray(arr))
     assert ev.shape == (3, 32, 32)

@@ -8,13 +8,12 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from medimg.callbacks.gradcam_logger import GradCamLogger
-from medimg.data.datamodule import MedImageDataModule
-from medimg.models.classifier import ImageClassifier
-from medimg.train import train
+from medimg.train import runtime_of, train
+from medimg.training.gradcam_logger import GradCamLogger
+from medimg.training.phase_book import PhaseBook
+from tests.conftest import datamodule_of, make_classifier, settings_of
 
 
 def _image_tags(log_dir: Path) -> dict[str, int]:
@@ -39,18 +38,15 @@ class _Probe(Callback):
 
 
 def test_frozen_phase_stays_frozen_with_the_callback(tiny_cfg, tmp_path):
-    cfg = OmegaConf.to_container(tiny_cfg("dataset.img_size=64", "dataset.num_images=96"), resolve=True)
-    dm = MedImageDataModule(cfg["dataset"])
-    dm.prepare_data()
-    dm.setup("fit")
+    dm = datamodule_of(tiny_cfg("dataset.img_size=64", "dataset.num_images=96"))
     torch.manual_seed(0)
-    model = ImageClassifier("resnet18", dm.class_names)
+    model = make_classifier(dm.class_names)
     model.set_phase("head", [], 1e-2, 2)  # backbone frozen, head trains
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     backbone_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     bn_before = model.net.layer4[-1].bn2.running_mean.clone()
     head_before = model.net.fc[1].weight.detach().clone()
-    cam_cb, probe = GradCamLogger(every_n_epochs=1, num_images=4, layer="layer3"), _Probe()
+    cam_cb, probe = GradCamLogger(every_n_epochs=1, num_images=4, method="gradcam", layer="layer3"), _Probe()
     logger = TensorBoardLogger(str(tmp_path), name="tb", version="head")
     trainer = L.Trainer(max_epochs=2, callbacks=[cam_cb, probe], logger=logger, accelerator="cpu",
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -76,12 +72,13 @@ def test_training_run_logs_gradcam_to_tensorboard(tiny_cfg):
 
 
 def test_disabled_or_without_tensorboard_adds_nothing(tiny_cfg):
-    from medimg.trainer_builder import build_phase_trainer
+    from medimg.training.trainer import build_phase_trainer
+
+    def phase_trainer(*overrides):
+        s = settings_of(tiny_cfg(*overrides))
+        book = PhaseBook(["a", "b"], {})
+        return build_phase_trainer(s, runtime_of(s), book, "head", 1, None, Path(s.paths.output_dir))[0]
 
     for overrides in (("logger=csv",), ("logger=tensorboard", "callbacks.gradcam.enabled=false")):
-        c = OmegaConf.to_container(tiny_cfg(*overrides), resolve=True)
-        trainer, _ = build_phase_trainer(c, "head", 1, None, Path(c["paths"]["output_dir"]))
-        assert not any(isinstance(cb, GradCamLogger) for cb in trainer.callbacks)
-    c = OmegaConf.to_container(tiny_cfg("logger=tensorboard"), resolve=True)
-    trainer, _ = build_phase_trainer(c, "head", 1, None, Path(c["paths"]["output_dir"]))
-    assert sum(isinstance(cb, GradCamLogger) for cb in trainer.callbacks) == 1
+        assert not any(isinstance(cb, GradCamLogger) for cb in phase_trainer(*overrides).callbacks)
+    assert sum(isinstance(cb, GradCamLogger) for cb in phase_trainer("logger=tensorboard").callbacks) == 1

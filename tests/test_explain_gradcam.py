@@ -18,13 +18,13 @@ from medimg.explain.gradcam import (
     resolve_layer,
     save_explanation,
 )
-from medimg.models.classifier import ImageClassifier
+from tests.conftest import make_classifier
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return ImageClassifier("resnet18", ["a", "b", "c"]).eval()
+    return make_classifier(["a", "b", "c"]).eval()
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -57,7 +57,7 @@ def test_works_under_inference_mode_and_no_grad(model):
 
 def test_frozen_model_stays_frozen_and_modes_are_restored():
     torch.manual_seed(0)
-    m = ImageClassifier("resnet18", ["a", "b"])
+    m = make_classifier(["a", "b"])
     m.set_phase("head", [], 1e-3, 1)  # frozen backbone, trainable head
     m.train()
     flags = {n: p.requires_grad for n, p in m.named_parameters()}
@@ -76,7 +76,7 @@ def test_frozen_model_stays_frozen_and_modes_are_restored():
 
 
 def test_existing_gradients_are_kept():
-    m = ImageClassifier("resnet18", ["a", "b"])
+    m = make_classifier(["a", "b"])
     m(torch.randn(2, 3, 32, 32)).sum().backward()
     grads = {n: p.grad.clone() for n, p in m.named_parameters()}
     compute_cams(m, torch.randn(1, 3, 32, 32), [0])

@@ -120,9 +120,9 @@ def test_resolution_ceiling():
 
 def test_randomised_copy_keeps_architecture_not_weights():
     from medimg.explain.sanity import randomised_copy
-    from medimg.models.classifier import ImageClassifier
+    from tests.conftest import make_classifier
 
-    m = ImageClassifier("resnet18", ["a", "b"])
+    m = make_classifier(["a", "b"])
     r = randomised_copy(m, seed=1)
     sd, rd = m.state_dict(), r.state_dict()
     assert sd.keys() == rd.keys() and all(sd[k].shape == rd[k].shape for k in sd)

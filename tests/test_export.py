@@ -14,10 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from medimg.checkpoints import CheckpointError, load_classifier
-from medimg.evaluation.calibration import calibrated_probs, fit_isotonic
-from medimg.export import CalibrationLayer, ExportError, export, export_onnx
+from medimg.errors import ConfigError
+from medimg.evaluation.calibration import calibrated_probs, fit_bcts, fit_isotonic, fit_vector
+from medimg.evaluation.calibration_layer import CalibrationGraphError, CalibrationLayer
+from medimg.export import export, export_onnx
+from medimg.inference import CheckpointError, load_trained
 from medimg.predict import predict
+from tests.conftest import command_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,14 +36,14 @@ def _with_calibration(src: Path, dst: Path, calibration) -> Path:
 def onnx_model(tiny_ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx")
     ckpt = _with_calibration(tiny_ckpt, out / "t.ckpt", {"method": "temperature", "temperature": 2.5})
-    info = export_onnx(ckpt, out / "model.onnx")
+    info = export_onnx(ckpt, out / "model.onnx", opset=17, check=True, atol=1e-4)
     return ckpt, Path(info["path"]), info
 
 
 def test_export_writes_checked_model_with_metadata(onnx_model):
     ckpt, path, info = onnx_model
     assert info["max_abs_diff"] < 1e-4
-    model, _ = load_classifier(ckpt)
+    model = load_trained(ckpt).model
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert json.loads(meta["medimg.class_names"]) == model.class_names
     pre = json.loads(meta["medimg.preprocess"])
@@ -52,7 +55,7 @@ def test_export_writes_checked_model_with_metadata(onnx_model):
 @pytest.mark.parametrize("batch", [1, 7])
 def test_dynamic_batch_and_folded_temperature(onnx_model, batch):
     ckpt, path, _ = onnx_model
-    model, _ = load_classifier(ckpt)
+    model = load_trained(ckpt).model
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
     probs, logits = sess.run(["probs", "logits"], {"image": x.numpy()})
@@ -77,7 +80,7 @@ def test_isotonic_and_platt_fold_exactly():
     iso2 = fit_isotonic(two, (targets[:300] % 2))
     np.testing.assert_allclose(CalibrationLayer(iso2, 2)(two).numpy(),
                                calibrated_probs(two.double(), iso2).float().numpy(), atol=1e-5)
-    with pytest.raises(ExportError, match="binary"):
+    with pytest.raises(CalibrationGraphError, match="binary"):
         CalibrationLayer(platt, 4)
 
 
@@ -85,13 +88,45 @@ def test_isotonic_checkpoint_exports(tiny_ckpt, tmp_path):
     g = torch.Generator().manual_seed(1)
     iso = fit_isotonic(torch.randn(300, 4, generator=g), torch.randint(0, 4, (300,), generator=g))
     ckpt = _with_calibration(tiny_ckpt, tmp_path / "iso.ckpt", iso)
-    info = export_onnx(ckpt, tmp_path / "model.onnx")
+    info = export_onnx(ckpt, tmp_path / "model.onnx", opset=17, check=True, atol=1e-4)
     assert info["max_abs_diff"] < 1e-4
+
+
+def _shifted_logits(n: int, c: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, c, generator=g) * 2
+    y = torch.multinomial(z.softmax(-1), 1, generator=g).squeeze(1)
+    return z * 1.7 + torch.linspace(-1.0, 1.0, c), y
+
+
+@pytest.mark.parametrize("c", [2, 5])
+def test_bcts_and_vector_fold_into_onnx(c, tmp_path):
+    z, y = _shifted_logits(500, c, c)
+    test = torch.randn(64, c, generator=torch.Generator().manual_seed(9)) * 4
+    for state in (fit_bcts(z, y), fit_vector(z, y)):
+        layer = CalibrationLayer(state, c).eval()
+        ref = calibrated_probs(test.double(), state).numpy()
+        np.testing.assert_allclose(layer(test).detach().numpy(), ref, atol=1e-6)
+        path = tmp_path / f"{state['method']}_{c}.onnx"
+        torch.onnx.export(layer, (test[:2],), str(path), dynamo=False, opset_version=17, input_names=["logits"],
+                          output_names=["probs"], dynamic_axes={"logits": {0: "batch"}, "probs": {0: "batch"}})
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = sess.run(["probs"], {"logits": test.numpy()})[0]
+        np.testing.assert_allclose(got, ref, atol=1e-5)
+    with pytest.raises(CalibrationGraphError, match="3 values of 'bias' but the model has 2 classes"):
+        CalibrationLayer({"method": "bcts", "temperature": 1.0, "bias": [0.0, 0.0, 0.0]}, 2)
+
+
+def test_bcts_checkpoint_exports(tiny_ckpt, tmp_path):
+    z, y = _shifted_logits(300, 4, 1)
+    ckpt = _with_calibration(tiny_ckpt, tmp_path / "bcts.ckpt", fit_bcts(z, y))
+    info = export_onnx(ckpt, tmp_path / "model.onnx", opset=17, check=True, atol=1e-4)
+    assert info["max_abs_diff"] < 1e-4 and "bcts" in info["calibration"]
 
 
 def test_uncalibrated_export_says_so(tiny_ckpt, tmp_path, capsys):
     ckpt = _with_calibration(tiny_ckpt, tmp_path / "plain.ckpt", None)
-    export({"ckpt_path": str(ckpt), "format": "onnx", "output_dir": str(tmp_path / "o")})
+    export(command_config("export", tmp_path, f"ckpt_path={ckpt}", f"output_dir={tmp_path / 'o'}"))
     out = capsys.readouterr().out
     assert "UNCALIBRATED" in out and "onnxruntime check passed" in out
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "o" / "model.onnx")).metadata_props}
@@ -104,11 +139,10 @@ def test_predict_with_onnx_matches_torch(onnx_model, tmp_path):
     d.mkdir()
     for i in range(5):
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (50, 40, 3), dtype=np.uint8)).save(d / f"{i}.png")
-    base = {"ckpt_path": str(ckpt), "input": str(d), "top_k": 2, "batch_size": 2, "device": "cpu",
-            "precision": "32", "tta": True, "img_size": None, "gradcam": {"enabled": False}}
-    a = predict({**base, "engine": "torch", "output_dir": str(tmp_path / "t")}).rows
-    res = predict({**base, "engine": "onnx", "onnx_path": str(path), "output_dir": str(tmp_path / "o"),
-                   "gradcam": {"enabled": True, "method": "eigencam", "layer": "layer3"}})
+    base = [f"ckpt_path={ckpt}", f"input={d}", "top_k=2", "batch_size=2", "device=cpu", "precision=32", "tta=true"]
+    a = predict(command_config("predict", tmp_path / "t", *base, "engine=torch")).rows
+    res = predict(command_config("predict", tmp_path / "o", *base, "engine=onnx", f"onnx_path={path}",
+                                 "gradcam.enabled=true", "gradcam.method=eigencam", "gradcam.layer=layer3"))
     b = res.rows
     assert len(res.figures) == 5  # maps from the checkpoint's PyTorch model, probabilities from onnxruntime
     assert [r["prediction"] for r in a] == [r["prediction"] for r in b]
@@ -119,13 +153,13 @@ def test_predict_with_onnx_matches_torch(onnx_model, tmp_path):
 
 
 def test_errors(tiny_ckpt, tmp_path):
-    with pytest.raises(ExportError, match="only onnx"):
-        export({"ckpt_path": str(tiny_ckpt), "format": "tflite"})
+    with pytest.raises(ConfigError, match="onnx"):
+        export(command_config("export", tmp_path, f"ckpt_path={tiny_ckpt}", "format=tflite"))
     with pytest.raises(CheckpointError, match="does not exist"):
-        export({"ckpt_path": str(tmp_path / "none.ckpt"), "format": "onnx"})
+        export(command_config("export", tmp_path, f"ckpt_path={tmp_path / 'none.ckpt'}"))
     with pytest.raises(Exception, match="model.onnx"):
-        predict({"ckpt_path": None, "input": str(tmp_path), "engine": "onnx", "onnx_path": str(tmp_path / "model.onnx"),
-                 "output_dir": str(tmp_path)})
+        predict(command_config("predict", tmp_path, f"input={tmp_path}", "engine=onnx",
+                               f"onnx_path={tmp_path / 'model.onnx'}"))
 
 
 def test_cli(tiny_ckpt, tmp_path):

@@ -7,29 +7,25 @@ import json
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from medimg.data.datamodule import MedImageDataModule
-from medimg.data.features import extract_features, head_removed
-from medimg.models.classifier import ImageClassifier
+from medimg.models.backbones import head_removed
 from medimg.train import train
+from medimg.training.features import extract_features
+from tests.conftest import datamodule_of, make_classifier
 
 
 @pytest.fixture
 def tiny_dm(tiny_cfg):
-    cfg = OmegaConf.to_container(tiny_cfg(), resolve=True)
-    dm = MedImageDataModule(cfg["dataset"])
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
+    return datamodule_of(tiny_cfg())
 
 
 def test_extracted_features_are_the_backbone_output_in_eval_mode(tiny_dm):
     torch.manual_seed(0)
-    model = ImageClassifier("resnet18", tiny_dm.class_names, weights=None, channels_last=True)
+    model = make_classifier(tiny_dm.class_names, channels_last=True)
     model.set_phase("head", [], 1e-3, 1)
     model.train()
-    feats, targets, index = extract_features(model, tiny_dm.unaugmented_loader("val"))
+    cached = extract_features(model, tiny_dm.once_loader(tiny_dm.unaugmented_dataset("val")))
+    feats, targets, index = cached.features, cached.targets, cached.rows
     assert model.training and model.net.layer1.training is False  # mode restored (frozen blocks stay eval)
     assert isinstance(model.net.fc, torch.nn.Sequential)  # the head is back
 
@@ -39,7 +35,7 @@ def test_extracted_features_are_the_backbone_output_in_eval_mode(tiny_dm):
     assert targets.tolist() == [tiny_dm.class_names.index(lb) for lb in table["label"]]
     x = torch.stack([tiny_dm.datasets["val"][i][0] for i in range(4)])  # val: the eval transform too
     model.eval()
-    with torch.no_grad(), head_removed(model.net):
+    with torch.no_grad(), head_removed(model.net, "resnet18"):
         ref = model.net(x)
     assert torch.allclose(feats[:4], ref, atol=1e-5)
     with torch.no_grad():  # the head on the features gives the model's logits on the images
@@ -56,7 +52,7 @@ def test_feature_cached_head_phase_trains_the_head_only_and_scores_like_images(t
     ck = torch.load(run / "checkpoints" / "head-best.ckpt", map_location="cpu", weights_only=True)
     trained = {k.removeprefix("net."): v for k, v in ck["state_dict"].items() if k.startswith("net.")}
     torch.manual_seed(cfg.seed)  # as train() seeds before it builds the model: the initial weights
-    initial = ImageClassifier("resnet18", ["a", "b", "c", "d"], weights=None).net.state_dict()
+    initial = make_classifier(["a", "b", "c", "d"]).net.state_dict()
     for k, v in initial.items():
         if k.startswith("fc."):
             assert not torch.equal(v, trained[k]), f"head weight {k} did not train"
@@ -64,10 +60,8 @@ def test_feature_cached_head_phase_trains_the_head_only_and_scores_like_images(t
             assert torch.equal(v, trained[k]), f"backbone tensor {k} changed in a feature-cached head phase"
 
     # the best score logged on cached val features equals the best model's score on the val images
-    c = OmegaConf.to_container(cfg, resolve=True)
-    dm = MedImageDataModule(c["dataset"])
-    dm.setup("fit")
-    model = ImageClassifier("resnet18", dm.class_names, weights=None)
+    dm = datamodule_of(cfg)
+    model = make_classifier(dm.class_names)
     model.load_state_dict(ck["state_dict"])
     model.eval()
     with torch.no_grad():
@@ -84,6 +78,6 @@ def test_feature_cached_head_phase_trains_the_head_only_and_scores_like_images(t
 
 
 def test_feature_cache_on_a_trained_block_is_refused(tiny_cfg):
-    cfg = tiny_cfg("stage=finetune", "+stage.phases.finetune.feature_cache=true")
+    cfg = tiny_cfg("stage=finetune", "stage.phases.finetune.feature_cache=true")
     with pytest.raises(ValueError, match=r"stage.phases.finetune.feature_cache=true needs a frozen backbone"):
         train(cfg)

@@ -49,7 +49,7 @@ class SyncCounter(Callback):
 
 def _count(monkeypatch, tiny_cfg, *overrides: str) -> tuple[int, int]:
     counter = SyncCounter(monkeypatch)
-    import medimg.train as train_mod
+    import medimg.training.phases as train_mod
 
     real = train_mod.build_phase_trainer
 

@@ -8,9 +8,10 @@ import shutil
 import pytest
 import torch
 
-from medimg.checkpoints import read_medimg_state
+from medimg.inference import medimg_state as read_medimg_state
 from medimg.models.backbones import build_backbone
 from medimg.train import train
+from tests.conftest import Interrupted, compose_train, interrupt_at
 
 pytestmark = pytest.mark.slow
 
@@ -69,41 +70,47 @@ def test_two_stage_freeze_semantics(tiny_cfg, init_weights, tmp_path):
     assert list((tmp_path / "run" / "csv").iterdir()), "logger wrote nothing"
 
 
-def test_resume_in_stage_two_keeps_layer4_trainable(tiny_cfg, init_weights, tmp_path):
+def test_resume_in_stage_two_keeps_layer4_trainable(tiny_cfg, init_weights, tmp_path, monkeypatch):
     path, _ = init_weights
     base = ["stage=two_stage", f"backbone.weights={path}", "trainer.max_epochs=null",
-            "stage.phases.head.epochs=1", "stage.phases.finetune.epochs=1", "callbacks.early_stopping.enabled=false"]
-    train(tiny_cfg(*base))
+            "stage.phases.head.epochs=1", "stage.phases.finetune.epochs=2", "callbacks.early_stopping.enabled=false",
+            "callbacks.checkpoint.save_top_k=-1"]  # keep every epoch's checkpoint: <phase>-<epoch>.ckpt
+    interrupt_at(monkeypatch, "finetune", 1)  # a crash in the second fine-tune epoch
+    with pytest.raises(Interrupted):
+        train(tiny_cfg(*base))
+    monkeypatch.undo()
     ckpts = tmp_path / "run" / "checkpoints"
     last = ckpts / "last.ckpt"
     assert read_medimg_state(last)["phase"]["name"] == "finetune"
     before = _net_state(last)
-    head_mtime = (ckpts / "head-best.ckpt").stat().st_mtime_ns
-    resumed_from = tmp_path / "resume-from.ckpt"
-    resumed_from.write_bytes(last.read_bytes())
+    head_mtime = (ckpts / "head-00.ckpt").stat().st_mtime_ns
+    assert not (ckpts / "finetune-01.ckpt").exists()
 
-    # continue the fine-tune phase for one more epoch from last.ckpt
-    cfg = tiny_cfg(*base[:-2], "stage.phases.finetune.epochs=2", "callbacks.early_stopping.enabled=false",
-                   f"ckpt_path={last}")
-    train(cfg)
-    after = _net_state(last)
-    ck = torch.load(last, map_location="cpu", weights_only=True)
-    assert ck["epoch"] == 1, "resume did not continue the epoch count"
+    # continue the fine-tune phase from last.ckpt: its second epoch
+    train(tiny_cfg(*base, f"ckpt_path={last}"))
+    after = _net_state(ckpts / "finetune-01.ckpt")
+    ck = torch.load(ckpts / "finetune-01.ckpt", map_location="cpu", weights_only=True)
+    assert ck["epoch"] == 1 and read_medimg_state(last)["phase_completed"]
     assert _changed(before, after, "layer4."), "layer4 was frozen after resuming"
     for block in FROZEN_BLOCKS:
         assert not _changed(before, after, block), f"{block} trained after resuming"
-    assert (ckpts / "head-best.ckpt").stat().st_mtime_ns == head_mtime, "the head phase ran again"
+    assert (ckpts / "head-00.ckpt").stat().st_mtime_ns == head_mtime, "the head phase ran again"
 
 
-def test_same_seed_same_metrics(tiny_cfg, tmp_path):
+def test_same_seed_same_metrics(tiny_cfg, tmp_path, data_dir):
+    from tests.conftest import TINY
+
     a = train(tiny_cfg("stage=scratch"))
-    b = train(tiny_cfg("stage=scratch"))
+    b = train(compose_train(tmp_path / "again", data_dir, [*TINY, "stage=scratch"]))  # a run never reuses a folder
     assert a and a == b
 
 
-def test_bf16_mixed_and_fp32_both_train(tiny_cfg):
+def test_bf16_mixed_and_fp32_both_train(tmp_path, data_dir):
+    from tests.conftest import TINY
+
     for precision in ("bf16-mixed", "32"):
-        metrics = train(tiny_cfg("stage=scratch", f"trainer.precision={precision}"))
+        metrics = train(compose_train(tmp_path / precision, data_dir,
+                                      [*TINY, "stage=scratch", f"trainer.precision={precision}"]))
         assert 0.0 <= metrics["test/auroc"] <= 1.0 and torch.isfinite(torch.tensor(metrics["test/loss"]))
 
 
@@ -113,27 +120,32 @@ def test_fast_dev_run_per_backbone(tiny_cfg, backbone):
     assert set(metrics) >= {"test/accuracy", "test/auroc", "test/f1_macro", "test/loss"}
 
 
-def test_every_scheduler_and_optimizer_runs(tiny_cfg):
+def test_every_scheduler_and_optimizer_runs(tmp_path, data_dir):
+    from tests.conftest import TINY
+
     for opt, sched in (("adamw", "step"), ("sgd", "plateau"), ("adam", "none")):
-        metrics = train(tiny_cfg("stage=two_stage", f"model.optimizer={opt}", f"model.scheduler={sched}",
-                                 "trainer.limit_train_batches=2"))
+        metrics = train(compose_train(tmp_path / opt, data_dir, [*TINY, "stage=two_stage", f"optim.optimizer={opt}",
+                                                                 f"optim.scheduler={sched}",
+                                                                 "trainer.limit_train_batches=2"]))
         assert "test/auroc" in metrics
 
 
-def test_resume_in_stage_one_with_plateau_then_fine_tunes(tiny_cfg, init_weights, tmp_path):
+def test_resume_in_stage_one_with_plateau_then_fine_tunes(tiny_cfg, init_weights, tmp_path, monkeypatch):
     path, init = init_weights
-    common = [f"backbone.weights={path}", "trainer.max_epochs=null", "model.scheduler=plateau",
-              "callbacks.early_stopping.enabled=false"]
-    train(tiny_cfg("stage=head", "stage.phases.head.epochs=1", *common))  # stops after one head epoch
+    common = ["stage=two_stage", "stage.phases.head.feature_cache=false", "stage.phases.head.epochs=2",
+              "stage.phases.finetune.epochs=1", f"backbone.weights={path}", "trainer.max_epochs=null",
+              "optim.scheduler=plateau", "callbacks.early_stopping.enabled=false"]
+    interrupt_at(monkeypatch, "head", 1)  # a crash in the second head epoch
+    with pytest.raises(Interrupted):
+        train(tiny_cfg(*common))
+    monkeypatch.undo()
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert read_medimg_state(last)["phase"]["name"] == "head"
 
-    cfg = tiny_cfg("stage=two_stage", "stage.phases.head.epochs=2", "stage.phases.finetune.epochs=1", *common,
-                   f"ckpt_path={last}")
-    train(cfg)
+    train(tiny_cfg(*common, f"ckpt_path={last}"))
     ckpts = tmp_path / "run" / "checkpoints"
     state = read_medimg_state(ckpts / "last.ckpt")
-    assert state["phase"]["name"] == "finetune" and set(state["phases_done"]) == {"head"}
+    assert state["phase"]["name"] == "finetune" and set(state["phases_done"]) == {"head", "finetune"}
     head_ck = torch.load(ckpts / "head-best.ckpt", map_location="cpu", weights_only=True)
     assert head_ck["epoch"] in (0, 1)
     head, ft = _net_state(ckpts / "head-best.ckpt"), _net_state(ckpts / "finetune-best.ckpt")
@@ -149,5 +161,5 @@ def test_compiled_network_trains_and_saves_eager_parameter_names(tiny_cfg, tmp_p
     metrics = train(tiny_cfg("stage=scratch", "model.compile=true", "dataset.img_size=32", "calibration=none"))
     assert metrics["test/auroc"] == metrics["test/auroc"]  # not NaN: the compiled net trained and was tested
     sd = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
-    eager = {f"net.{k}" for k in build_backbone("resnet18", num_classes=4).state_dict()}
+    eager = {f"net.{k}" for k in build_backbone("resnet18", num_classes=4, weights=None, dropout=0.2).state_dict()}
     assert {k for k in sd["state_dict"] if k.startswith("net.")} == eager  # no _orig_mod. prefixes

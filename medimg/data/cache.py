@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from medimg.data.readers import read_image
+from medimg.data.readers import ImageLimits, read_image
+from medimg.files import atomic_write, file_lock
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -46,8 +47,8 @@ def shrink(img: Image.Image, side: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def _decode(path: str, side: int) -> np.ndarray:
-    return shrink(read_image(path, min_side=side), side)
+def _decode(path: str, side: int, limits: ImageLimits | None) -> np.ndarray:
+    return shrink(read_image(path, min_side=side, limits=limits), side)
 
 
 class ImageCache:
@@ -83,39 +84,38 @@ class ImageCache:
         return state
 
 
-def build_cache(paths: Sequence[str], cache_dir: str | Path, side: int, workers: int = 2,
-                chunk: int = 256) -> ImageCache:
-    """Open the cache of ``paths`` at ``side``, building it first when it is not there."""
+def build_cache(paths: Sequence[str], cache_dir: str | Path, side: int, limits: ImageLimits | None,
+                workers: int = 2, chunk: int = 256) -> ImageCache:
+    """Open the cache of ``paths`` at ``side``, building it first when it is not there (one process at a time:
+    a second run waits for the first and then opens what it built)."""
     paths = [str(p) for p in paths]
     cache_dir = Path(cache_dir)
     key = cache_key(paths, side)
     data_file, index_file = cache_dir / f"{key}.u8", cache_dir / f"{key}.npz"
-    if index_file.is_file() and data_file.is_file():
-        try:
-            return ImageCache(data_file, index_file)
-        except (OSError, ValueError, KeyError) as e:
-            log.warning("rebuilding the image cache %s (%s)", data_file, e)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp_data = cache_dir / f".{key}.u8.tmp-{os.getpid()}"
-    tmp_index = cache_dir / f".{key}.tmp-{os.getpid()}.npz"
+    with file_lock(cache_dir / key):
+        if index_file.is_file() and data_file.is_file():
+            try:
+                return ImageCache(data_file, index_file)
+            except (OSError, ValueError, KeyError) as e:
+                log.warning("rebuilding the image cache %s (%s)", data_file, e)
+        _write_cache(paths, data_file, index_file, side, limits, workers, chunk)
+    return ImageCache(data_file, index_file)
+
+
+def _write_cache(paths: list[str], data_file: Path, index_file: Path, side: int, limits: ImageLimits | None,
+                 workers: int, chunk: int) -> None:
     log.info("caching %d decoded images (shorter side %d px) in %s", len(paths), side, data_file)
     offsets = np.zeros(len(paths), np.int64)
     shapes = np.zeros((len(paths), 3), np.int32)
     pos, t0 = 0, time.perf_counter()
-    try:
-        with open(tmp_data, "wb") as f, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for start in range(0, len(paths), chunk):  # chunks bound the memory held by finished decodes
-                part = paths[start:start + chunk]
-                for i, arr in enumerate(pool.map(_decode, part, [side] * len(part)), start):
-                    offsets[i], shapes[i] = pos, arr.shape
-                    f.write(arr.tobytes())
-                    pos += arr.nbytes
-        np.savez(tmp_index, paths=np.array(paths, dtype=str), offsets=offsets, shapes=shapes)
-        os.replace(tmp_data, data_file)
-        os.replace(tmp_index, index_file)  # last: an index means a complete cache
-        log.info("image cache written: %.0f MiB in %.0f s (dataset.cache=false turns it off)", pos / 2**20,
-                 time.perf_counter() - t0)
-    finally:
-        tmp_data.unlink(missing_ok=True)
-        tmp_index.unlink(missing_ok=True)
-    return ImageCache(data_file, index_file)
+    with atomic_write(data_file) as tmp, open(tmp, "wb") as f, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for start in range(0, len(paths), chunk):  # chunks bound the memory held by finished decodes
+            part = paths[start:start + chunk]
+            for i, arr in enumerate(pool.map(_decode, part, [side] * len(part), [limits] * len(part)), start):
+                offsets[i], shapes[i] = pos, arr.shape
+                f.write(arr.tobytes())
+                pos += arr.nbytes
+    with atomic_write(index_file) as tmp, open(tmp, "wb") as f:  # last: an index means a complete cache
+        np.savez(f, paths=np.array(paths, dtype=str), offsets=offsets, shapes=shapes)
+    log.info("image cache written: %.0f MiB in %.0f s (dataset.cache=false turns it off)", pos / 2**20,
+             time.perf_counter() - t0)

@@ -1,25 +1,33 @@
-"""The LightningDataModule: data table -> splits -> datasets -> loaders, plus class names and weights."""
+"""The LightningDataModule: data table -> splits -> datasets -> loaders, plus class names and weights.
+
+Everything medimg writes about the data (split file, scan record, image cache) goes to ``work_dir``: the data
+set's own folder for sets medimg generates or downloads, a folder under ``paths.cache_dir`` for a folder or
+CSV of the user's, which stays read-only to medimg.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import pandas as pd
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
+from medimg.config.dataset import DatasetSettings
 from medimg.data.cache import ImageCache, build_cache
-from medimg.data.dataset import ImageTable
-from medimg.data.readers import read_image
+from medimg.data.image_dataset import ImageDataset
+from medimg.data.readers import ImageLimits, read_image
+from medimg.data.sampling import EpochSampler
 from medimg.data.scan import find_bad_images
 from medimg.data.sources import load_source
 from medimg.data.splits import assign_fold, load_or_make_splits, split_summary
-from medimg.data.transforms import eval_transform, train_transform
+from medimg.data.transforms import Preprocess, eval_transform, train_transform
+from medimg.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +36,7 @@ def class_weights_from_counts(counts: list[int]) -> torch.Tensor:
     """w_c = 1/count_c, normalised so that the weights sum to the number of classes."""
     c = torch.tensor(counts, dtype=torch.float64)
     if (c == 0).any():
-        raise ValueError(f"a class has no training images (counts {counts}); class weights need every class")
+        raise DataError(f"a class has no training images (counts {counts}); class weights need every class")
     w = 1.0 / c
     return (w / w.sum() * len(counts)).float()
 
@@ -41,55 +49,68 @@ def eval_sampler(dataset) -> UnrepeatedDistributedSampler | None:
     return None
 
 
-class MedImageDataModule(L.LightningDataModule):
-    """Builds train/val/test loaders from a ``dataset`` config (see conf/dataset/)."""
+def preprocess_of(ds: DatasetSettings) -> Preprocess:
+    """What inference needs to prepare an image as this data set's evaluation split is (stored in checkpoints)."""
+    return Preprocess(ds.img_size, ds.eval_resize, tuple(ds.mean), tuple(ds.std))
 
-    def __init__(self, cfg: dict[str, Any], pin_memory: bool = False):
+
+class MedImageDataModule(L.LightningDataModule):
+    """Builds train/val/test loaders from the ``dataset`` settings; medimg's own files go to ``work_dir``.
+
+    ``train_seed`` fixes the order and augmentation of every training epoch (see data/sampling.py).
+    """
+
+    def __init__(self, ds: DatasetSettings, work_dir: str | Path, pin_memory: bool, train_seed: int):
         super().__init__()
-        self.cfg = dict(cfg)
+        self.ds = ds
+        self.work_dir = Path(work_dir)
         self.pin_memory = pin_memory
+        self.train_seed = int(train_seed)
         self.table: pd.DataFrame | None = None
         self.class_names: list[str] = []
-        self.datasets: dict[str, ImageTable] = {}
+        self.datasets: dict[str, ImageDataset] = {}
 
     # ------------------------------------------------------------------ data preparation
     def prepare_data(self) -> None:
         """Generate / verify the data on disk (rank 0 only under DDP)."""
-        load_source(self.cfg)
-
-    def _split_file(self) -> Path:
-        if self.cfg.get("split_file"):
-            return Path(self.cfg["split_file"])
-        return Path(self.cfg["root"]) / "medimg_splits.csv"
+        load_source(self.ds)
 
     def load_table(self) -> pd.DataFrame:
-        df, classes = load_source(self.cfg)
-        sp = self.cfg.get("split") or {}
-        df = load_or_make_splits(df, self._split_file(), sp.get("val", 0.15), sp.get("test", 0.15), sp.get("seed", 42))
-        if self.cfg.get("num_folds"):
-            df = assign_fold(df, int(self.cfg["num_folds"]), int(self.cfg.get("fold", 0)), sp.get("seed", 42))
-        if self.cfg.get("scan_files", True):
+        ds = self.ds
+        df, classes = load_source(ds)
+        df = load_or_make_splits(df, self.work_dir / "medimg_splits.csv", ds.split.val, ds.split.test, ds.split.seed)
+        if ds.num_folds:
+            df = assign_fold(df, ds.num_folds, ds.fold, ds.split.seed)
+        if ds.scan_files:
             df = self._drop_bad_files(df)
         for split in ("train", "val", "test"):
             part = df[df["split"] == split]
             if len(part) == 0:
-                raise ValueError(f"the {split} split of dataset {self.cfg.get('name')} is empty; "
-                                 "add images or change dataset.split fractions")
+                raise DataError(f"the {split} split of dataset {ds.name} is empty; "
+                                "add images or change dataset.split fractions")
             missing = sorted(set(classes) - set(part["label"]))
             if missing and split == "train":
-                raise ValueError(f"classes {missing} have no training images in dataset {self.cfg.get('name')}")
+                raise DataError(f"classes {missing} have no training images in dataset {ds.name}")
         self.class_names = list(classes)
         return df
 
+    @property
+    def limits(self) -> ImageLimits:
+        return ImageLimits(self.ds.max_image_pixels, self.ds.max_aspect_ratio, key_prefix="dataset.")
+
+    def _cache_side(self) -> int:
+        return int(round(self.ds.img_size * self.ds.cache_size))
+
     def _drop_bad_files(self, df: pd.DataFrame) -> pd.DataFrame:
-        bad = find_bad_images(df["path"].tolist(), self._split_file().with_name("medimg_scan.json"))
+        bad = find_bad_images(df["path"].tolist(), self.work_dir / "medimg_scan.json", limits=self.limits,
+                              min_side=self._cache_side() if self.ds.cache else None)
         if not bad:
             return df
         listing = "\n".join(f"  {p}: {e}" for p, e in list(bad.items())[:20])
         more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-        if not self.cfg.get("skip_bad_files", False):
-            raise ValueError(f"{len(bad)} image(s) cannot be read:\n{listing}{more}\n"
-                             "Fix or remove them, or set dataset.skip_bad_files=true to drop them.")
+        if not self.ds.skip_bad_files:
+            raise DataError(f"{len(bad)} image(s) cannot be read:\n{listing}{more}\n"
+                            "Fix or remove them, or set dataset.skip_bad_files=true to drop them.")
         log.warning("dropping %d unreadable image(s) (dataset.skip_bad_files=true):\n%s%s", len(bad), listing, more)
         return df[~df["path"].isin(bad)].reset_index(drop=True)
 
@@ -97,29 +118,23 @@ class MedImageDataModule(L.LightningDataModule):
         if self.table is not None:
             return
         self.table = self.load_table()
-        c = self.cfg
-        size = int(c["img_size"])
-        train_tf = train_transform(size, c.get("crop_scale", (0.7, 1.0)), c.get("mean"), c.get("std"),
-                                   augment=c.get("augment", True), hflip=c.get("hflip", 0.5),
-                                   vflip=c.get("vflip", 0.3), rotation=c.get("rotation", 15),
-                                   color_jitter=c.get("color_jitter", 0.2))
-        eval_tf = eval_transform(size, c.get("eval_resize", 1.0), c.get("mean"), c.get("std"))
-        reader = self._image_cache(size) if c.get("cache", False) else read_image
-        self.eval_tf, self.reader = eval_tf, reader
-        for split, tf in (("train", train_tf), ("val", eval_tf), ("test", eval_tf)):
-            self.datasets[split] = ImageTable(self.split_table(split), self.class_names, tf, reader=reader)
-        log.info("dataset %s: %d images, classes %s\n%s", c.get("name"), len(self.table), self.class_names,
+        ds = self.ds
+        train_tf = train_transform(ds.img_size, ds.crop_scale, ds.mean, ds.std, augment=ds.augment, hflip=ds.hflip,
+                                   vflip=ds.vflip, rotation=ds.rotation, color_jitter=ds.color_jitter)
+        self.eval_tf = eval_transform(ds.img_size, ds.eval_resize, ds.mean, ds.std)
+        self.reader = self._image_cache() if ds.cache else functools.partial(read_image, limits=self.limits)
+        for split, tf in (("train", train_tf), ("val", self.eval_tf), ("test", self.eval_tf)):
+            self.datasets[split] = ImageDataset(self.split_table(split), self.class_names, tf, reader=self.reader)
+        log.info("dataset %s: %d images, classes %s\n%s", ds.name, len(self.table), self.class_names,
                  split_summary(self.table).to_string())
 
-    def _image_cache(self, size: int) -> ImageCache:
+    def _image_cache(self) -> ImageCache:
         """dataset.cache=true: every image decoded and shrunk once into a memory-mapped file (see data/cache.py)."""
-        c = self.cfg
-        cache_size = float(c.get("cache_size", 1.15))
-        if float(c.get("eval_resize", 1.0)) > cache_size:
+        ds = self.ds
+        if ds.eval_resize > ds.cache_size:
             log.warning("dataset.eval_resize=%s exceeds dataset.cache_size=%s: eval images are upsampled from "
-                        "the cache", c.get("eval_resize"), cache_size)
-        cache_dir = Path(c["cache_dir"]) if c.get("cache_dir") else Path(c["root"]) / "cache"
-        return build_cache(self.table["path"].tolist(), cache_dir, int(round(size * cache_size)),
+                        "the cache", ds.eval_resize, ds.cache_size)
+        return build_cache(self.table["path"].tolist(), self.work_dir / "cache", self._cache_side(), self.limits,
                            workers=os.cpu_count() or 1)
 
     # ------------------------------------------------------------------ what the model needs
@@ -136,30 +151,33 @@ class MedImageDataModule(L.LightningDataModule):
         return class_weights_from_counts([int(counts.get(c, 0)) for c in self.class_names])
 
     # ------------------------------------------------------------------ loaders
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        c = self.cfg
-        workers = int(c.get("num_workers", 0))
-        bs = int(c["batch_size"] if split == "train" else c.get("eval_batch_size", c["batch_size"]))
-        sampler = eval_sampler(self.datasets[split]) if split != "train" else None
-        return DataLoader(
-            self.datasets[split], batch_size=bs, shuffle=shuffle if sampler is None else False, sampler=sampler,
-            num_workers=workers, pin_memory=self.pin_memory, persistent_workers=workers > 0, drop_last=False,
-        )
+    def loader(self, dataset: Dataset, train: bool, in_memory: bool = False, epoch: int = 0) -> DataLoader:
+        """Training: seeded epochs of shuffled (row, seed) items, from ``epoch`` (the fit's current one);
+        evaluation: every item once, in order (each rank its share under DDP). Loader workers persist across
+        epochs; ``in_memory`` data needs none."""
+        ds = self.ds
+        sampler = EpochSampler(len(dataset), self.train_seed, epoch) if train else eval_sampler(dataset)
+        return self._loader(dataset, ds.batch_size if train else ds.eval_batch_size, sampler,
+                            workers=0 if in_memory else ds.num_workers, persistent=True)
 
-    def unaugmented_loader(self, split: str) -> DataLoader:
-        """Every image of ``split`` once, in order, with the eval transform (no augmentation), on every rank:
-        what feature extraction reads (see data/features.py)."""
-        c = self.cfg
-        workers = int(c.get("num_workers", 0))
-        ds = ImageTable(self.split_table(split), self.class_names, self.eval_tf, reader=self.reader)
-        return DataLoader(ds, batch_size=int(c.get("eval_batch_size", c["batch_size"])), shuffle=False,
-                          num_workers=workers, pin_memory=self.pin_memory, drop_last=False)
+    def once_loader(self, dataset: Dataset) -> DataLoader:
+        """Every item of ``dataset`` once, in order, on every rank (feature extraction); workers end with it."""
+        return self._loader(dataset, self.ds.eval_batch_size, None, self.ds.num_workers, persistent=False)
+
+    def _loader(self, dataset: Dataset, batch_size: int, sampler, workers: int, persistent: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
+                          pin_memory=self.pin_memory, persistent_workers=persistent and workers > 0,
+                          drop_last=False)
+
+    def unaugmented_dataset(self, split: str) -> ImageDataset:
+        """Every image of ``split`` with the eval transform (no augmentation): what feature extraction reads."""
+        return ImageDataset(self.split_table(split), self.class_names, self.eval_tf, reader=self.reader)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self.loader(self.datasets["train"], train=True, epoch=self.trainer.current_epoch if self.trainer else 0)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self.loader(self.datasets["val"], train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self.loader(self.datasets["test"], train=False)

@@ -6,7 +6,6 @@ Pure functions on the data table; scikit-learn does the stratified (grouped) spl
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +13,13 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from medimg.data.table import SPLITS
+from medimg.errors import DataError
+from medimg.files import write_csv
 
 
 def _n_splits_for(fraction: float) -> int:
     if not 0 < fraction < 1:
-        raise ValueError(f"split fraction must be between 0 and 1, got {fraction}")
+        raise DataError(f"split fraction must be between 0 and 1, got {fraction}")
     return max(2, int(round(1 / fraction)))
 
 
@@ -28,7 +29,7 @@ def _holdout(df: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
     counts = df["label"].value_counts()
     too_few = counts[counts < n_splits]
     if len(too_few):
-        raise ValueError(
+        raise DataError(
             f"classes {dict(too_few)} have fewer images than a {fraction:.0%} hold-out needs "
             f"({n_splits}); add images or lower the split fractions"
         )
@@ -61,7 +62,7 @@ def assign_splits(df: pd.DataFrame, val: float = 0.15, test: float = 0.15, seed:
 def assign_fold(df: pd.DataFrame, num_folds: int, fold: int, seed: int = 42) -> pd.DataFrame:
     """K-fold cross-validation on train+val: fold ``fold`` becomes val, the rest train; test is kept."""
     if not 0 <= fold < num_folds:
-        raise ValueError(f"dataset.fold={fold} is outside 0..{num_folds - 1} for dataset.num_folds={num_folds}")
+        raise DataError(f"dataset.fold={fold} is outside 0..{num_folds - 1} for dataset.num_folds={num_folds}")
     df = df.copy()
     pool = df[df["split"] != "test"]
     if pool["group"].nunique() < len(pool):
@@ -95,10 +96,7 @@ def load_or_make_splits(df: pd.DataFrame, split_csv: Path, val: float, test: flo
             if (out["split"] != "").all():
                 return out
     out = assign_splits(df, val=val, test=test, seed=seed)
-    split_csv.parent.mkdir(parents=True, exist_ok=True)
-    tmp = split_csv.with_name(f".{split_csv.name}.{os.getpid()}.tmp")  # per process: ranks may race
-    out.assign(key=key).to_csv(tmp, index=False)
-    tmp.replace(split_csv)
+    write_csv(split_csv, out.assign(key=key))  # atomic: ranks and concurrent runs may race
     return out
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from medimg.errors import DataError, DataExistsError
+
 CLASSES = ("nevus", "melanoma", "keratosis", "vascular")
 PROPORTIONS = (0.62, 0.18, 0.12, 0.08)
 GENERATOR_VERSION = 1
@@ -38,7 +40,7 @@ def class_counts(num_images: int) -> list[int]:
     counts = [max(2, int(round(p * num_images))) for p in PROPORTIONS]
     counts[0] += num_images - sum(counts)
     if counts[0] < 2:
-        raise ValueError(f"num_images={num_images} is too small for {len(CLASSES)} classes; use at least 16")
+        raise DataError(f"num_images={num_images} is too small for {len(CLASSES)} classes; use at least 16")
     return counts
 
 
@@ -110,7 +112,7 @@ def render(rng: np.random.Generator, cls: str, size: int) -> tuple[np.ndarray, n
         lobes = 0.85 + 0.15 * np.cos(2 * np.pi * rng.uniform(8, 14) * dist)
         lesion = col[None, None, :] * lobes[..., None]
     else:
-        raise ValueError(f"unknown synthetic class {cls!r}; expected one of {CLASSES}")
+        raise DataError(f"unknown synthetic class {cls!r}; expected one of {CLASSES}")
     lesion = lesion + rng.normal(0, 0.03, size=lesion.shape)
     alpha = edge[..., None] * rng.uniform(0.75, 1.0)
     img = img * (1 - alpha) + lesion.astype(np.float32) * alpha
@@ -147,12 +149,12 @@ def generate(root: str | Path, num_images: int = 3000, img_size: int = 96, seed:
     if manifest.exists():
         if json.loads(manifest.read_text()) == params:
             return root
-        raise FileExistsError(
+        raise DataExistsError(
             f"{root} holds a synthetic data set generated with other parameters "
             f"({manifest.read_text().strip()}); delete the folder or point dataset.root elsewhere"
         )
     if root.exists() and any(root.iterdir()):
-        raise FileExistsError(f"{root} exists and is not a synthetic data set; choose another dataset.root")
+        raise DataExistsError(f"{root} exists and is not a synthetic data set; choose another dataset.root")
 
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=root.parent))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,13 +13,34 @@ from torchvision.transforms import v2
 
 from medimg.data.color_jitter import JitterNormalize
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # ImageNet's channel statistics (for scripts and tests; configs set their own)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def train_transform(img_size: int, crop_scale: Sequence[float] = (0.7, 1.0), mean=None, std=None,
-                    augment: bool = True, hflip: float = 0.5, vflip: float = 0.3, rotation: float = 15.0,
-                    color_jitter: float = 0.2) -> v2.Compose:
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image is prepared for the network at evaluation and inference time (stored in checkpoints):
+    resize the shorter side to ``img_size * resize``, center-crop ``img_size``, scale to [0, 1], normalise."""
+
+    img_size: int
+    resize: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        return cls(int(d["img_size"]), float(d["resize"]), tuple(float(v) for v in d["mean"]),
+                   tuple(float(v) for v in d["std"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def transform(self) -> v2.Compose:
+        return eval_transform(self.img_size, self.resize, self.mean, self.std)
+
+
+def train_transform(img_size: int, crop_scale: Sequence[float], mean: Sequence[float], std: Sequence[float],
+                    augment: bool, hflip: float, vflip: float, rotation: float, color_jitter: float) -> v2.Compose:
     """The seed recipe: RandomResizedCrop, h/v flips, RandomRotation(15), ColorJitter, ImageNet normalisation.
 
     Geometry runs on uint8 (the crop on the tensor, the rotation through PIL, nearest neighbour as torchvision's
@@ -26,7 +49,7 @@ def train_transform(img_size: int, crop_scale: Sequence[float] = (0.7, 1.0), mea
     tensor rotation (benchmarks/loader_cache.py). A probability or strength of 0 leaves that step out.
     """
     if not augment:
-        return eval_transform(img_size, mean=mean, std=std)
+        return eval_transform(img_size, 1.0, mean, std)
     steps: list = [v2.ToImage(), v2.RandomResizedCrop(img_size, scale=tuple(crop_scale), antialias=True)]
     if hflip:
         steps.append(v2.RandomHorizontalFlip(hflip))
@@ -34,7 +57,7 @@ def train_transform(img_size: int, crop_scale: Sequence[float] = (0.7, 1.0), mea
         steps.append(v2.RandomVerticalFlip(vflip))
     if rotation:
         steps.append(RandomRotationU8(rotation))
-    steps.append(JitterNormalize(mean or IMAGENET_MEAN, std or IMAGENET_STD, strength=color_jitter))
+    steps.append(JitterNormalize(mean, std, strength=color_jitter))
     return v2.Compose(steps)
 
 
@@ -57,16 +80,12 @@ class RandomRotationU8(torch.nn.Module):
         return f"degrees={self.degrees}"
 
 
-def eval_transform(img_size: int, resize: float = 1.0, mean=None, std=None) -> v2.Compose:
+def eval_transform(img_size: int, resize: float, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
     """Resize the shorter side to img_size*resize, center-crop img_size, normalise."""
     return v2.Compose([
         v2.ToImage(),
         v2.Resize(int(round(img_size * resize)), antialias=True),
         v2.CenterCrop(img_size),
-        *_to_normalised(mean, std),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=list(mean), std=list(std)),
     ])
-
-
-def _to_normalised(mean, std) -> list:
-    return [v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(mean or IMAGENET_MEAN), std=list(std or IMAGENET_STD))]

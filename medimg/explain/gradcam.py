@@ -21,7 +21,9 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from medimg.models.backbones import BACKBONES
+from medimg.errors import ConfigError
+from medimg.files import save_figure
+from medimg.models.backbones import spec_of
 
 METHODS = {
     "gradcam": GradCAM,
@@ -34,9 +36,7 @@ METHODS = {
 
 def default_layer_name(backbone: str) -> str:
     """The layer Grad-CAM explains by default for ``backbone`` (its last convolutional stage)."""
-    if backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
-    return BACKBONES[backbone].gradcam_layer
+    return spec_of(backbone).gradcam_layer
 
 
 def _network(model: nn.Module) -> nn.Module:
@@ -66,7 +66,7 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module | None = None) -> nn.
             except IndexError:
                 pass
         if part not in children:
-            raise ValueError(
+            raise ConfigError(
                 f"gradcam layer {layer!r}: {part!r} is not a child of {type(module).__name__} "
                 f"(children: {sorted(children)}); use a dotted path such as layer4, layer4.1 or layer3"
             )
@@ -112,7 +112,7 @@ def compute_cams(
     ``targets`` are class indices (one per image); None explains each image's predicted class.
     """
     if method not in METHODS:
-        raise ValueError(f"unknown gradcam.method={method!r}; choose one of {sorted(METHODS)}")
+        raise ConfigError(f"unknown gradcam.method={method!r}; choose one of {sorted(METHODS)}")
     if images.ndim != 4:
         raise ValueError(f"compute_cams expects a batch (B, C, H, W), got shape {tuple(images.shape)}")
     target_layer = resolve_layer(model, layer)
@@ -179,8 +179,6 @@ def save_explanation(path: str | Path, rgb: np.ndarray, cam: np.ndarray, title: 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.6))
     for ax, img, name in zip(axes, (rgb, heatmap(cam), overlay(rgb, cam)), ("image", "heat map", "overlay")):
         ax.imshow(img)
@@ -188,6 +186,6 @@ def save_explanation(path: str | Path, rgb: np.ndarray, cam: np.ndarray, title: 
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
-    return path
+    return Path(path)

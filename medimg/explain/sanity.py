@@ -26,10 +26,12 @@ from torchvision.transforms import v2
 from medimg.data.datamodule import MedImageDataModule
 from medimg.data.readers import read_image
 from medimg.data.synthetic import mask_path
-from medimg.data.transforms import eval_transform
+from medimg.data.transforms import Preprocess
+from medimg.errors import DataError, MissingDataError
 from medimg.explain.faithfulness import DEFAULT_PERCENTILES, road_scores
 from medimg.explain.gradcam import compute_cams, denormalise, overlay, resolve_layer
 from medimg.explain.localisation import localisation_scores
+from medimg.files import save_figure
 
 log = logging.getLogger(__name__)
 
@@ -45,26 +47,25 @@ def randomised_copy(model: nn.Module, seed: int = 0) -> nn.Module:
     return rand.eval().to(device)
 
 
-def load_masked_split(dataset_cfg: dict[str, Any], preprocess: dict[str, Any], split: str = "test",
+def load_masked_split(dm: MedImageDataModule, preprocess: Preprocess, split: str = "test",
                       max_images: int | None = None, seed: int = 0):
     """Images (normalised, as the model sees them), boolean masks, class indices and paths of ``split``."""
-    dm = MedImageDataModule(dataset_cfg)
     dm.prepare_data()
     table = dm.load_table()
     part = table[table["split"] == split]
     if len(part) == 0:
-        raise ValueError(f"the {split} split of {dataset_cfg.get('name')} has no images")
+        raise DataError(f"the {split} split of {dm.ds.name} has no images")
     if max_images and max_images < len(part):
         part = part.sample(n=int(max_images), random_state=seed).sort_index()
-    size, resize = int(preprocess["img_size"]), float(preprocess.get("resize", 1.0))
-    tf = eval_transform(size, resize, preprocess.get("mean"), preprocess.get("std"))
+    size, resize = preprocess.img_size, preprocess.resize
+    tf = preprocess.transform()
     mask_tf = v2.Compose([v2.Resize(int(round(size * resize)), interpolation=v2.InterpolationMode.NEAREST),
                           v2.CenterCrop(size)])
     images, masks, paths = [], [], []
     for p in part["path"]:
         mp = mask_path(p)
         if not mp.is_file():
-            raise FileNotFoundError(f"no mask for {p} (expected {mp}); the localisation check needs a data set "
+            raise MissingDataError(f"no mask for {p} (expected {mp}); the localisation check needs a data set "
                                     "with masks, such as dataset=synthetic")
         images.append(tf(read_image(p)))
         m = torch.from_numpy(np.array(read_image(mp).convert("L")) > 127)[None]
@@ -187,7 +188,7 @@ def _f(v: float) -> str:
 
 
 def save_examples(path: str | Path, report: dict[str, Any], images: torch.Tensor, masks: np.ndarray,
-                  preprocess: dict[str, Any], count: int = 6) -> Path:
+                  preprocess: Preprocess, count: int = 6) -> Path:
     """A grid: per example image, the mask, then the trained and randomised maps of every method and layer."""
     import matplotlib
 
@@ -199,7 +200,7 @@ def save_examples(path: str | Path, report: dict[str, Any], images: torch.Tensor
     cols = 2 + 2 * len(keys)
     fig, axes = plt.subplots(len(picks), cols, figsize=(1.7 * cols, 1.8 * len(picks)), squeeze=False)
     for row, i in enumerate(picks):
-        rgb = denormalise(images[i], preprocess["mean"], preprocess["std"])
+        rgb = denormalise(images[i], preprocess.mean, preprocess.std)
         panels = [(rgb, "image"), (masks[i], "mask")]
         for method, layer in keys:
             for name in ("trained", "randomised"):
@@ -211,8 +212,6 @@ def save_examples(path: str | Path, report: dict[str, Any], images: torch.Tensor
             if row == 0:
                 ax.set_title(title, fontsize=6)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
-    return path
+    return Path(path)

@@ -1,8 +1,9 @@
 """The LightningModule: a backbone with a new head, the loss, the optimiser of the current phase.
 
-It holds the training step and the per-epoch metrics, nothing about data loading or plotting.
-A phase (see ``set_phase``) decides which blocks train and at which learning rate; frozen blocks
-keep their BatchNorm statistics (they stay in eval mode while the rest trains).
+It only learns: the training and validation steps, their metrics, and which blocks train at which learning
+rate (``set_phase``). Frozen blocks keep their BatchNorm statistics (they stay in eval mode while the rest
+trains). Which phases are done, calibration, and what goes into a checkpoint besides the weights belong to
+``medimg.training`` and ``medimg.inference``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
 
-from medimg.models.backbones import HEAD, blocks_of, build_backbone
+from medimg.errors import ConfigError
+from medimg.models.backbones import blocks_of, build_backbone, head_of
 from medimg.models.freezing import apply_freeze, resolve_blocks
+from medimg.models.optim import build_optimizer, build_schedule
 
 
 class NonFiniteLossError(RuntimeError):
@@ -39,52 +42,33 @@ def _metrics(num_classes: int, prefix: str, validate_args: bool = True) -> Metri
 
 
 class ImageClassifier(L.LightningModule):
-    def __init__(
-        self,
-        backbone: str,
-        class_names: Sequence[str],
-        weights: str | None = None,
-        dropout: float = 0.2,
-        class_weights: Sequence[float] | None = None,
-        optimizer: str = "adam",
-        weight_decay: float = 1e-4,
-        momentum: float = 0.9,
-        scheduler: str = "cosine",
-        step_size: int = 5,
-        gamma: float = 0.1,
-        label_smoothing: float = 0.0,
-        channels_last: bool = False,
-        nan_check_every: int = 20,
-        step_loss_in_bar: bool = True,
-        preprocess: dict[str, Any] | None = None,  # eval img_size/resize/mean/std, kept for predict and export
-    ):
+    """Every argument is stored as a hyper-parameter in the checkpoint, so the model can be rebuilt from it."""
+
+    def __init__(self, *, backbone: str, class_names: Sequence[str], weights: str | None, dropout: float,
+                 class_weights: Sequence[float] | None, optim: dict[str, Any], label_smoothing: float,
+                 channels_last: bool, nan_check_every: int, live_step_loss: bool, preprocess: dict[str, Any]):
         super().__init__()
         self.save_hyperparameters()
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
         if self.num_classes < 2:
-            raise ValueError(f"need at least 2 classes, got {self.class_names}")
+            raise ConfigError(f"a classifier needs at least 2 classes, got {self.class_names}")
         self.net = build_backbone(backbone, self.num_classes, weights=weights, dropout=dropout)
         self.blocks = blocks_of(backbone)
         cw = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.register_buffer("class_weight", cw, persistent=False)
         self.train_metrics = _metrics(self.num_classes, "train/", validate_args=False)
         self.val_metrics = _metrics(self.num_classes, "val/")
-        self.test_metrics = _metrics(self.num_classes, "test/")
-        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.val_loss = MeanMetric()
         self.register_buffer("_nonfinite", torch.zeros((), dtype=torch.bool), persistent=False)
-        # the current phase; set by set_phase before each fit
-        self.phase: dict[str, Any] = {"name": "full", "train_blocks": list(self.blocks), "lr": 1e-3, "epochs": 1}
-        self.phases_done: dict[str, dict[str, Any]] = {}
-        self.calibration: dict[str, Any] | None = None  # fitted on validation after training (see evaluation)
         self._frozen: list[torch.nn.Module] = []
-        self.set_phase("full", "all", 1e-3, 1)
+        self.set_phase("full", "all", 1e-3, 1)  # set_phase before each fit says what trains
 
     # ------------------------------------------------------------------ phases
     def set_phase(self, name: str, train_blocks, lr: float, epochs: int) -> None:
         """Freeze everything but ``train_blocks`` and the head; the next optimiser uses ``lr``."""
         blocks = resolve_blocks(train_blocks, self.blocks)
-        self._frozen = apply_freeze(self.net, blocks, self.blocks, HEAD)
+        self._frozen = apply_freeze(self.net, blocks, self.blocks, head_of(self.hparams.backbone))
         self.phase = {"name": name, "train_blocks": blocks, "lr": float(lr), "epochs": int(epochs)}
         self.train(self.training)
 
@@ -104,25 +88,29 @@ class ImageClassifier(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
+    def head(self) -> torch.nn.Module:
+        return getattr(self.net, head_of(self.hparams.backbone))
+
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """Images (NxCxHxW) through the whole network; backbone features (NxD, a feature-cached phase,
-        see data/features.py) through the head only."""
-        return getattr(self.net, HEAD)(x) if x.ndim == 2 else self(x)
+        see training/features.py) through the head only."""
+        return self.head()(x) if x.ndim == 2 else self(x)
 
-    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), y, weight=self.class_weight,
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training objective: class-weighted cross-entropy with label smoothing."""
+        return F.cross_entropy(logits.float(), targets, weight=self.class_weight,
                                label_smoothing=self.hparams.label_smoothing)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
         logits = self._logits(x)
-        loss = self._loss(logits, y)
+        loss = self.loss(logits, y)
         self._nonfinite |= ~torch.isfinite(loss.detach())
         if (batch_idx + 1) % self.hparams.nan_check_every == 0:
             self._check_finite(batch_idx)
         self.train_metrics.update(logits.detach().float().softmax(-1), y)
         # in the progress bar, the per-step loss is read back from the device after every step (a host sync)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=self.hparams.step_loss_in_bar,
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=self.hparams.live_step_loss,
                  batch_size=len(y))
         return loss
 
@@ -139,15 +127,11 @@ class ImageClassifier(L.LightningModule):
         self.log_dict(self.train_metrics.compute(), sync_dist=False)
         self.train_metrics.reset()
 
-    def _eval_step(self, batch, metrics: MetricCollection, loss_metric: MeanMetric) -> torch.Tensor:
+    def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch[0], batch[1]
         logits = self._logits(x).float()
-        loss_metric.update(self._loss(logits, y), weight=len(y))
-        metrics.update(logits.softmax(-1), y)
-        return logits
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics, self.val_loss)
+        self.val_loss.update(self.loss(logits, y), weight=len(y))
+        self.val_metrics.update(logits.softmax(-1), y)
 
     def on_validation_epoch_end(self) -> None:
         out = self.val_metrics.compute()
@@ -156,54 +140,7 @@ class ImageClassifier(L.LightningModule):
         self.val_metrics.reset()
         self.val_loss.reset()
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, self.test_loss)
-
-    def on_test_epoch_end(self) -> None:
-        out = self.test_metrics.compute()
-        out["test/loss"] = self.test_loss.compute()
-        self.log_dict(out)
-        self.test_metrics.reset()
-        self.test_loss.reset()
-
-    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self(batch[0]).float().softmax(-1)
-
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
-        hp, params, lr = self.hparams, self.trainable_parameters(), self.phase["lr"]
-        if hp.optimizer == "adam":
-            opt = torch.optim.Adam(params, lr=lr, weight_decay=hp.weight_decay)
-        elif hp.optimizer == "adamw":
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=hp.weight_decay)
-        elif hp.optimizer == "sgd":
-            opt = torch.optim.SGD(params, lr=lr, momentum=hp.momentum, weight_decay=hp.weight_decay, nesterov=True)
-        else:
-            raise ValueError(f"unknown model.optimizer={hp.optimizer!r}; choose adam, adamw or sgd")
-        epochs = max(1, self.phase["epochs"])
-        if hp.scheduler == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-        elif hp.scheduler == "step":
-            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.step_size, gamma=hp.gamma)
-        elif hp.scheduler == "plateau":
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=hp.gamma, patience=1)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss"}}
-        elif hp.scheduler in ("none", None):
-            return opt
-        else:
-            raise ValueError(f"unknown model.scheduler={hp.scheduler!r}; choose cosine, step, plateau or none")
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-
-    # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["medimg"] = {
-            "phase": dict(self.phase),
-            "phases_done": {k: dict(v) for k, v in self.phases_done.items()},
-            "class_names": list(self.class_names),
-            "calibration": self.calibration,
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("medimg") or {}
-        self.calibration = state.get("calibration")
-        self.phases_done = state.get("phases_done", {})
+        opt = build_optimizer(self.trainable_parameters(), self.hparams.optim, self.phase["lr"])
+        return build_schedule(opt, self.hparams.optim, self.phase["epochs"])

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from medimg.errors import ConfigError
+
 
 def resolve_blocks(train_blocks: str | Sequence[str] | None, all_blocks: Sequence[str]) -> list[str]:
     """``'all'`` -> every block; a list -> checked against the backbone's blocks."""
@@ -17,7 +19,7 @@ def resolve_blocks(train_blocks: str | Sequence[str] | None, all_blocks: Sequenc
         train_blocks = [train_blocks]
     unknown = [b for b in train_blocks if b not in all_blocks]
     if unknown:
-        raise ValueError(f"train_blocks {unknown} are not blocks of this backbone; choose from {list(all_blocks)}")
+        raise ConfigError(f"train_blocks {unknown} are not blocks of this backbone; choose from {list(all_blocks)}")
     return list(train_blocks)
 
 

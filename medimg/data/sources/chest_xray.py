@@ -22,6 +22,7 @@ import pandas as pd
 from medimg.data.kaggle import KaggleSet, extracted_dir
 from medimg.data.readers import is_image_file
 from medimg.data.table import check_table, make_table
+from medimg.errors import DataError, MissingDataError
 
 CLASSES = ("NORMAL", "PNEUMONIA")  # index 1 is the positive class
 OFFICIAL_SPLITS = {"train": "", "val": "", "test": "test"}  # official val is merged into train
@@ -56,7 +57,7 @@ def locate(extracted: Path) -> Path:
     for folder in candidates:
         if _is_split_root(folder):
             return folder
-    raise FileNotFoundError(f"no folder with train/ and test/, each holding {list(CLASSES)}, under {extracted}")
+    raise MissingDataError(f"no folder with train/ and test/, each holding {list(CLASSES)}, under {extracted}")
 
 
 def chest_xray_table(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
@@ -75,7 +76,7 @@ def chest_xray_table(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
     empty = [f"{s}/{c}" for s in ("train", "test") for c in CLASSES
              if not ((df["label"] == c) & (df["split"] == OFFICIAL_SPLITS[s])).any()]
     if empty:
-        raise ValueError(f"the folders {empty} under {base} hold no images")
+        raise DataError(f"the folders {empty} under {base} hold no images")
     return check_table(df, str(base)), list(CLASSES)
 
 

@@ -22,6 +22,7 @@ from PIL import Image
 from medimg.data.kaggle import KaggleSet, extracted_dir
 from medimg.data.sources.folder import folder_table
 from medimg.data.sources.locate import all_files, find_file
+from medimg.errors import DataError, MissingDataError
 
 # label index -> class name (folder-safe versions of T-shirt/top, ..., Ankle boot)
 CLASSES = ("T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -41,7 +42,7 @@ def locate(extracted: Path) -> dict[str, tuple[Path, ...]]:
     idx = {s: tuple(find_file(extracted, n, n + ".gz", files=files) for n in names) for s, names in IDX_FILES.items()}
     if all(all(v) for v in idx.values()):
         return idx
-    raise FileNotFoundError(f"neither {list(CSV_FILES.values())} nor the idx files "
+    raise MissingDataError(f"neither {list(CSV_FILES.values())} nor the idx files "
                             f"{[n for v in IDX_FILES.values() for n in v]} (optionally .gz) are in {extracted}")
 
 
@@ -49,7 +50,7 @@ def read_csv_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """``label,pixel1..pixel784`` rows -> (uint8 images [N, 28, 28], int labels [N])."""
     df = pd.read_csv(path)
     if "label" not in df.columns or df.shape[1] != 1 + SIDE * SIDE:
-        raise ValueError(f"{path} should have the columns label,pixel1..pixel{SIDE * SIDE}; "
+        raise DataError(f"{path} should have the columns label,pixel1..pixel{SIDE * SIDE}; "
                          f"it has {df.shape[1]} columns starting {list(df.columns[:3])}")
     pixels = df.drop(columns="label").to_numpy()
     return pixels.reshape(-1, SIDE, SIDE).clip(0, 255).astype(np.uint8), df["label"].to_numpy(int)
@@ -61,12 +62,12 @@ def read_idx(path: Path) -> np.ndarray:
     with opener(path, "rb") as f:
         data = f.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte idx file")
+        raise DataError(f"{path} is not an unsigned-byte idx file")
     ndim = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     arr = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(shape)):
-        raise ValueError(f"{path} is truncated: header says {shape}, holds {arr.size} values")
+        raise DataError(f"{path} is truncated: header says {shape}, holds {arr.size} values")
     return arr.reshape(shape)
 
 
@@ -75,7 +76,7 @@ def read_split(files: tuple[Path, ...]) -> tuple[np.ndarray, np.ndarray]:
         return read_csv_split(files[0])
     images, labels = read_idx(files[0]), read_idx(files[1])
     if len(images) != len(labels):
-        raise ValueError(f"{files[0]} holds {len(images)} images but {files[1]} {len(labels)} labels")
+        raise DataError(f"{files[0]} holds {len(images)} images but {files[1]} {len(labels)} labels")
     return images, labels.astype(int)
 
 
@@ -90,7 +91,7 @@ def write_images(extracted: Path, images_dir: Path) -> None:
             images, labels = read_split(files)
             bad = sorted(set(np.unique(labels).tolist()) - set(range(len(CLASSES))))
             if bad:
-                raise ValueError(f"{files[-1]} has labels {bad}; Fashion-MNIST labels are 0..{len(CLASSES) - 1}")
+                raise DataError(f"{files[-1]} has labels {bad}; Fashion-MNIST labels are 0..{len(CLASSES) - 1}")
             for c in CLASSES:
                 (tmp / split / c).mkdir(parents=True)
             for i, (img, lab) in enumerate(zip(images, labels)):

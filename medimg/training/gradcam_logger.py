@@ -9,23 +9,23 @@ flags afterwards, so frozen blocks stay frozen and training continues unchanged.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from medimg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from medimg.data.transforms import Preprocess
+from medimg.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
 class GradCamLogger(Callback):
-    def __init__(self, every_n_epochs: int = 4, num_images: int = 8, method: str = "gradcam",
-                 layer: str | None = None, tag: str = "gradcam/val"):
+    def __init__(self, *, every_n_epochs: int, num_images: int, method: str, layer: str | None,
+                 tag: str = "gradcam/val"):
         if int(every_n_epochs) < 1 or int(num_images) < 1:
-            raise ValueError(f"callbacks.gradcam: every_n_epochs ({every_n_epochs}) and num_images ({num_images}) "
+            raise ConfigError(f"callbacks.gradcam: every_n_epochs ({every_n_epochs}) and num_images ({num_images}) "
                              "must be at least 1")
         self.every_n_epochs, self.num_images = int(every_n_epochs), int(num_images)
         self.method, self.layer, self.tag = method, layer, tag
@@ -84,8 +84,8 @@ class GradCamLogger(Callback):
             probs = pl_module(images.clone().to(device)).float().softmax(-1).cpu()
         preds = probs.argmax(-1).tolist()
         cams = compute_cams(pl_module, images, preds, method=self.method, layer=self.layer)
-        pre: dict[str, Any] = dict(pl_module.hparams).get("preprocess") or {}
-        mean, std = pre.get("mean") or IMAGENET_MEAN, pre.get("std") or IMAGENET_STD
+        pre = Preprocess.from_dict(pl_module.hparams.preprocess)
+        mean, std = pre.mean, pre.std
         names = list(getattr(pl_module, "class_names", [])) or [str(i) for i in range(probs.shape[1])]
         n = len(images)
         cols = min(4, n)

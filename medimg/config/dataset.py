@@ -1,0 +1,88 @@
+"""Settings of the ``dataset`` config group (conf/dataset/): where the images are, how they are split and loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from medimg.config.schema import auto_or_bool, fraction, positive, require
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    val: float            # fraction carved out as validation
+    test: float           # fraction carved out as test (when the data have no test split of their own)
+    seed: int             # seeds the carving
+
+    def check(self, where: str) -> None:
+        fraction(self.val, f"{where}.val")
+        fraction(self.test, f"{where}.test")
+        require(self.val + self.test < 1, where, f"val + test = {self.val + self.test:g} leaves no training images")
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    name: str
+    source: str
+    root: str
+    img_size: int
+    split: SplitSettings
+    num_folds: int | None
+    fold: int
+    batch_size: int
+    eval_batch_size: int
+    num_workers: int
+    pin_memory: Any       # auto | true | false
+    class_weights: bool
+    augment: bool
+    crop_scale: list[float]
+    hflip: float
+    vflip: float
+    rotation: float
+    color_jitter: float
+    eval_resize: float
+    mean: list[float]
+    std: list[float]
+    skip_bad_files: bool
+    scan_files: bool
+    cache: bool
+    cache_size: float
+    max_image_pixels: int | None
+    max_aspect_ratio: float | None
+    subgroup_columns: list[str]
+    subgroup_bins: dict[str, list[float]]
+    extra: dict[str, Any]  # the source's own keys (e.g. synthetic: num_images; csv: csv, path_column ...)
+
+    def check(self, where: str) -> None:
+        for key in ("img_size", "batch_size", "eval_batch_size", "cache_size", "eval_resize"):
+            positive(getattr(self, key), f"{where}.{key}")
+        require(isinstance(self.num_workers, int) and self.num_workers >= 0, f"{where}.num_workers",
+                f"must be an integer >= 0, got {self.num_workers!r}")
+        auto_or_bool(self.pin_memory, f"{where}.pin_memory")
+        if self.num_folds is not None:
+            require(isinstance(self.num_folds, int) and self.num_folds >= 2, f"{where}.num_folds",
+                    f"must be null or an integer >= 2, got {self.num_folds!r}")
+            require(0 <= self.fold < self.num_folds, f"{where}.fold",
+                    f"{self.fold} is outside 0..{self.num_folds - 1} for num_folds={self.num_folds}")
+        lo, hi = (list(self.crop_scale) + [None, None])[:2]
+        require(len(self.crop_scale) == 2 and 0 < lo <= hi <= 1, f"{where}.crop_scale",
+                f"must be [low, high] with 0 < low <= high <= 1, got {list(self.crop_scale)}")
+        for key in ("hflip", "vflip"):
+            require(0 <= getattr(self, key) <= 1, f"{where}.{key}", "must be a probability in [0, 1]")
+        require(0 <= self.color_jitter < 1, f"{where}.color_jitter", "must be in [0, 1)")
+        require(self.rotation >= 0, f"{where}.rotation", "must be >= 0 degrees")
+        for key in ("mean", "std"):
+            require(len(getattr(self, key)) == 3, f"{where}.{key}", "must list 3 values (R, G, B)")
+        require(all(s > 0 for s in self.std), f"{where}.std", "values must be > 0")
+
+    def option(self, key: str) -> Any:
+        """A key of the source's own (``extra``); a clear error when the dataset config lacks it."""
+        if key not in self.extra:
+            raise_missing(f"dataset.{key}", self.source)
+        return self.extra[key]
+
+
+def raise_missing(key: str, source: str) -> None:
+    from medimg.errors import ConfigError
+
+    raise ConfigError(f"config key {key} is missing; dataset.source={source} needs it (see conf/dataset/)")

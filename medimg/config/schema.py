@@ -1,0 +1,105 @@
+"""Reading a config mapping into a dataclass, strictly: every field must be there, no unknown key may be.
+
+The YAML files are the one home of every default, so the dataclasses here have no defaults: a key missing from
+the composed config is a bug in a YAML file (the config tests compose every option and catch it), and an
+unknown key is a typo. Nested dataclasses and ``dict[str, <dataclass>]`` fields are read recursively; a
+dataclass with a field named ``extra`` takes the keys it does not declare there instead of refusing them.
+Each dataclass may define ``check(self)`` to validate values; errors name the full key (``dataset.img_size``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from medimg.errors import ConfigError
+
+T = TypeVar("T")
+MISSING = "???"
+
+
+def read(cls: type[T], node: Mapping[str, Any] | None, where: str) -> T:
+    """``cls`` built from ``node`` (a plain mapping: the resolved config section at ``where``)."""
+    if not isinstance(node, Mapping):
+        raise ConfigError(f"{where} must be a mapping of keys, got {node!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    declared = [n for n in names if n != "extra"]
+    missing = [n for n in declared if n not in node]
+    if missing:
+        raise ConfigError(f"config keys missing: {', '.join(key(where, n) for n in missing)} "
+                          f"(every key needs a value in its YAML file)")
+    unknown = sorted(k for k in node if k not in declared)
+    if unknown and "extra" not in names:
+        raise ConfigError(f"unknown config keys: {', '.join(key(where, k) for k in unknown)}; "
+                          f"known keys{' of ' + where if where else ''}: {', '.join(declared)}")
+    values = {n: _value(hints[n], node[n], key(where, n)) for n in declared}
+    if "extra" in names:
+        values["extra"] = {k: node[k] for k in unknown}
+    obj = cls(**values)
+    check = getattr(obj, "check", None)
+    if callable(check):
+        check(where or "")
+    return obj
+
+
+def key(where: str, name: str) -> str:
+    """The dotted config key of ``name`` inside the section ``where`` ("" = the top level)."""
+    return f"{where}.{name}" if where else str(name)
+
+
+def _value(hint: Any, value: Any, where: str) -> Any:
+    if isinstance(value, str) and value == MISSING:
+        raise ConfigError(f"{where} has no value; set it on the command line: {where.split('.', 1)[-1]}=...")
+    if dataclasses.is_dataclass(hint):
+        return read(hint, value, where)
+    if typing.get_origin(hint) is dict:
+        _, item = typing.get_args(hint)
+        if dataclasses.is_dataclass(item):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where} must be a mapping, got {value!r}")
+            return {str(k): read(item, v, key(where, k)) for k, v in value.items()}
+    return value
+
+
+def require(ok: bool, where: str, message: str) -> None:
+    """Raise a ConfigError about key ``where`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{where}: {message}")
+
+
+def one_of(value: Any, choices: typing.Sequence[Any], where: str) -> None:
+    require(value in choices, where, f"{value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def positive(value: Any, where: str, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    require(isinstance(value, int | float) and not isinstance(value, bool) and value > 0, where,
+            f"must be a number > 0, got {value!r}")
+
+
+def fraction(value: Any, where: str) -> None:
+    require(isinstance(value, int | float) and 0 < value < 1, where, f"must be a fraction in (0, 1), got {value!r}")
+
+
+def auto_or_bool(value: Any, where: str) -> None:
+    require(value == "auto" or isinstance(value, bool), where, f"must be auto, true or false, got {value!r}")
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    """A settings dataclass back to plain dicts (for checkpoints, logs and hyper-parameters)."""
+    return dataclasses.asdict(obj)
+
+
+def flatten(d: dict[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """Nested dicts -> one level with dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}{sep}", sep))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

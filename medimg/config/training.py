@@ -1,0 +1,222 @@
+"""Settings of a training run (conf/train.yaml and its groups), read once from the composed config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from medimg.config.dataset import DatasetSettings
+from medimg.config.schema import auto_or_bool, one_of, positive, read, require
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("cosine", "step", "plateau", "none")
+
+
+@dataclass(frozen=True)
+class PathSettings:
+    root_dir: str
+    data_dir: str
+    cache_dir: str
+    output_dir: str
+    log_dir: str
+
+
+@dataclass(frozen=True)
+class BackboneSettings:
+    name: str
+    weights: str | None
+    last_blocks: list[str]
+    dropout: float
+
+    def check(self, where: str) -> None:
+        require(0 <= self.dropout < 1, f"{where}.dropout", f"must be in [0, 1), got {self.dropout!r}")
+
+
+@dataclass(frozen=True)
+class PhaseSettings:
+    train_blocks: Any             # [] (frozen backbone) | all | a block name | a list of block names
+    epochs: int
+    lr: float
+    patience: int | None
+    feature_cache: bool
+
+    def check(self, where: str) -> None:
+        require(isinstance(self.epochs, int) and self.epochs >= 1, f"{where}.epochs", "must be an integer >= 1")
+        positive(self.lr, f"{where}.lr")
+        require(self.patience is None or (isinstance(self.patience, int) and self.patience >= 1),
+                f"{where}.patience", "must be null (no early stopping) or an integer >= 1")
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    name: str
+    phases: dict[str, PhaseSettings]
+
+    def check(self, where: str) -> None:
+        require(len(self.phases) > 0, f"{where}.phases", "a stage needs at least one phase")
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    optimizer: str
+    weight_decay: float
+    momentum: float
+    scheduler: str
+    step_size: int
+    gamma: float
+
+    def check(self, where: str) -> None:
+        one_of(self.optimizer, OPTIMIZERS, f"{where}.optimizer")
+        one_of(self.scheduler, SCHEDULERS, f"{where}.scheduler")
+        require(self.weight_decay >= 0, f"{where}.weight_decay", "must be >= 0")
+        positive(self.step_size, f"{where}.step_size")
+        positive(self.gamma, f"{where}.gamma")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    label_smoothing: float
+    nan_check_every: int
+    step_loss_in_bar: Any         # auto | true | false
+    channels_last: Any            # auto | true | false
+    compile: bool
+
+    def check(self, where: str) -> None:
+        require(0 <= self.label_smoothing < 1, f"{where}.label_smoothing", "must be in [0, 1)")
+        positive(self.nan_check_every, f"{where}.nan_check_every")
+        auto_or_bool(self.step_loss_in_bar, f"{where}.step_loss_in_bar")
+        auto_or_bool(self.channels_last, f"{where}.channels_last")
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    accelerator: str
+    devices: Any
+    num_nodes: int
+    strategy: str
+    precision: Any
+    max_epochs: int | None
+    deterministic: Any
+    log_every_n_steps: int
+    check_val_every_n_epoch: int
+    gradient_clip_val: float | None
+    accumulate_grad_batches: int
+    num_sanity_val_steps: int
+    enable_progress_bar: bool
+    fast_dev_run: Any
+    limit_train_batches: Any
+    limit_val_batches: Any
+    limit_test_batches: Any
+    overfit_batches: Any
+    detect_anomaly: bool
+    extra: dict[str, Any] = field(default_factory=dict)  # any other Trainer argument (+trainer.<arg>=...)
+
+    def check(self, where: str) -> None:
+        one_of(self.accelerator, ("auto", "cpu", "gpu", "cuda", "mps"), f"{where}.accelerator")
+        positive(self.max_epochs, f"{where}.max_epochs", allow_none=True)
+        positive(self.accumulate_grad_batches, f"{where}.accumulate_grad_batches")
+
+    def lightning_kwargs(self) -> dict[str, Any]:
+        """The Trainer arguments that pass through as they are (unset limits left out)."""
+        own = {"accelerator", "precision", "deterministic", "max_epochs", "extra"}
+        kw = {k: v for k, v in self.__dict__.items() if k not in own and v is not None}
+        return {**kw, **self.extra}
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    save_last: bool
+    save_top_k: int
+
+
+@dataclass(frozen=True)
+class EarlyStoppingSettings:
+    enabled: bool
+    min_delta: float
+
+
+@dataclass(frozen=True)
+class GradCamLogSettings:
+    enabled: bool
+    every_n_epochs: int
+    num_images: int
+    method: str
+    layer: str | None
+
+    def check(self, where: str) -> None:
+        positive(self.every_n_epochs, f"{where}.every_n_epochs")
+        positive(self.num_images, f"{where}.num_images")
+
+
+@dataclass(frozen=True)
+class CallbackSettings:
+    checkpoint: CheckpointSettings
+    early_stopping: EarlyStoppingSettings
+    lr_monitor: bool
+    rich_progress: bool
+    throughput: bool
+    gradcam: GradCamLogSettings
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    method: str
+    threshold: Any                # youden | target_sensitivity | a number in (0, 1)
+    target_sensitivity: float
+    max_iter: int
+    selection: dict[str, Any] | None  # calibration=auto: candidates, folds, seed
+
+    def check(self, where: str) -> None:
+        ok = self.threshold in ("youden", "target_sensitivity") or (
+            isinstance(self.threshold, float | int) and 0 < self.threshold < 1)
+        require(ok, f"{where}.threshold", f"must be youden, target_sensitivity or a number in (0, 1), "
+                                          f"got {self.threshold!r}")
+        require(0 < self.target_sensitivity <= 1, f"{where}.target_sensitivity", "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    bootstrap_resamples: int
+    interval_level: float
+    bootstrap_seed: int
+    subgroup_metrics: list[str]
+    subgroup_min_images: int
+    gallery_per_class: int
+    gallery_method: str
+    gallery_layer: str | None
+
+    def check(self, where: str) -> None:
+        require(0 < self.interval_level < 1, f"{where}.interval_level", "must be in (0, 1), e.g. 0.95")
+        require(self.bootstrap_resamples >= 0, f"{where}.bootstrap_resamples", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    task_name: str
+    seed: int
+    ckpt_path: str | None
+    test: bool
+    monitor: str
+    monitor_mode: str
+    optimized_metric: str | None
+    paths: PathSettings
+    dataset: DatasetSettings
+    backbone: BackboneSettings
+    stage: StageSettings
+    optim: OptimSettings
+    model: ModelSettings
+    trainer: TrainerSettings
+    logger: dict[str, Any] | None  # kind -> logger arguments (tensorboard, csv, ...)
+    callbacks: CallbackSettings
+    calibration: CalibrationSettings
+    evaluation: EvaluationSettings
+
+    def check(self, where: str) -> None:
+        one_of(self.monitor_mode, ("max", "min"), "monitor_mode")
+        require(self.monitor.startswith("val/"), "monitor", f"must be a validation metric (val/...), "
+                                                             f"got {self.monitor!r}")
+
+
+def train_settings(config: dict[str, Any]) -> TrainSettings:
+    """The resolved train config (plain dicts, ``OmegaConf.to_container(cfg, resolve=True)``) as settings."""
+    return read(TrainSettings, config, "")

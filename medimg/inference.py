@@ -1,0 +1,191 @@
+"""The checkpoint and inference contract: one module owns what a medimg checkpoint holds and how it is used.
+
+A medimg checkpoint is a Lightning checkpoint (``state_dict``, ``hyper_parameters``: the ImageClassifier's
+arguments, the evaluation ``preprocess`` among them) plus a ``medimg`` entry::
+
+    {"phase": {...}, "phases_done": {...}, "class_names": [...], "settings": {...}, "calibration": {...} | None}
+
+It is read with ``weights_only=True`` (tensors and plain types, never arbitrary pickles). Everything that
+predicts after training (evaluate, predict, export, explain, the Grad-CAM callback, the server) loads it with
+``load_trained`` and uses the ``TrainedModel``'s class names, preprocessing, calibration (presence,
+application, the UNCALIBRATED note) and decision rule; ``TorchEngine`` runs it on a device and precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medimg.data.transforms import Preprocess
+from medimg.errors import UserError
+from medimg.evaluation.calibration import calibrated_probs, describe, is_calibrated
+from medimg.evaluation.metrics import predict_labels
+from medimg.files import save_torch
+from medimg.models.classifier import ImageClassifier
+
+UNCALIBRATED = "UNCALIBRATED: the checkpoint holds no calibration (plain softmax)"
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that is missing, unreadable, not written by medimg, or does not fit the data."""
+
+
+def checkpoint_entry(phase: dict[str, Any], phases_done: dict[str, Any], class_names, settings: dict[str, Any],
+                     phase_completed: bool, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``medimg`` entry of a checkpoint. ``phase_completed``: the weights are the best of ``phase``, which
+    is over (written at a phase boundary); else the checkpoint is the end of an epoch inside ``phase``."""
+    return {"phase": dict(phase), "phases_done": {k: dict(v) for k, v in phases_done.items()},
+            "class_names": list(class_names), "settings": settings, "phase_completed": bool(phase_completed),
+            "calibration": calibration}
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} does not exist")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {p} cannot be read (corrupt, truncated or not a torch file): {e}") from e
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "medimg" not in ckpt:
+        raise CheckpointError(f"{p} is not a medimg checkpoint (no 'state_dict' / 'medimg' entries)")
+    return ckpt
+
+
+def medimg_state(path: str | Path) -> dict[str, Any]:
+    """The phase, finished phases, class names, settings and calibration stored in a checkpoint."""
+    return load_checkpoint(path)["medimg"]
+
+
+def run_dir_of(ckpt_path: str | Path) -> Path:
+    """``<run>/checkpoints/x.ckpt`` -> ``<run>``; a checkpoint elsewhere -> its folder."""
+    p = Path(ckpt_path).resolve()
+    return p.parents[1] if p.parent.name == "checkpoints" else p.parent
+
+
+def calibration_note(calibration: dict[str, Any] | None) -> str:
+    """One line that says how the probabilities are made; starts with UNCALIBRATED when they are plain softmax."""
+    return f"calibrated ({describe(calibration)})" if is_calibrated(calibration) else UNCALIBRATED
+
+
+class ClassMismatchError(CheckpointError):
+    """A checkpoint used on data (or with another checkpoint) whose classes differ."""
+
+
+def check_same_classes(model_classes, data_classes, ckpt: str | Path, dataset: str) -> None:
+    """A checkpoint used on data with other classes stops with both class lists."""
+    if list(model_classes) != list(data_classes):
+        hint = " (the same classes in another order)" if sorted(model_classes) == sorted(data_classes) else ""
+        raise ClassMismatchError(
+            f"checkpoint {ckpt} was trained on classes {list(model_classes)} but dataset {dataset} has classes "
+            f"{list(data_classes)}{hint}; use data with the checkpoint's classes in the same order")
+
+
+@dataclass
+class TrainedModel:
+    """A checkpoint's network (eval mode) with everything inference needs to use it as it was evaluated."""
+
+    model: ImageClassifier
+    path: Path
+    state: dict[str, Any]
+    calibration: dict[str, Any] | None
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.model.class_names)
+
+    @property
+    def backbone(self) -> str:
+        return str(self.model.hparams.backbone)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess.from_dict(self.model.hparams.preprocess)
+
+    @property
+    def threshold(self) -> float | None:
+        """The binary operating threshold on P(class 1), when calibration chose one."""
+        return (self.calibration or {}).get("threshold")
+
+    @property
+    def is_calibrated(self) -> bool:
+        return is_calibrated(self.calibration)
+
+    @property
+    def calibration_note(self) -> str:
+        return calibration_note(self.calibration)
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated class probabilities of ``logits`` (plain softmax without a calibration)."""
+        return calibrated_probs(logits, self.calibration)
+
+    def decide(self, probs: torch.Tensor) -> torch.Tensor:
+        """Class decisions: the operating threshold for binary models that have one, else the argmax."""
+        return predict_labels(probs, self.threshold)
+
+
+def load_trained(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
+    """Rebuild the classifier stored in a medimg checkpoint (no weights downloaded), in eval mode on ``device``."""
+    ckpt = load_checkpoint(path)
+    hp = dict(ckpt.get("hyper_parameters") or {})
+    try:
+        model = ImageClassifier(**{**hp, "weights": None})  # the checkpoint carries the trained weights
+    except TypeError as e:
+        raise CheckpointError(f"checkpoint {path} was written by another medimg version (its model arguments "
+                              f"{sorted(hp)} do not fit this one: {e}); retrain, or use the version that wrote it") from None
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not match its own model description: {e}") from e
+    state = ckpt["medimg"]
+    model.eval()
+    return TrainedModel(model.to(device), Path(path), state, state.get("calibration"))
+
+
+def save_calibrated(src: str | Path, dst: str | Path, calibration: dict[str, Any] | None) -> Path:
+    """Copy the checkpoint ``src`` to ``dst`` with ``calibration`` stored in it (read safely, written atomically),
+    so every later prediction from ``dst`` is calibrated."""
+    ckpt = load_checkpoint(src)
+    ckpt["medimg"]["calibration"] = calibration
+    return save_torch(ckpt, dst)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> cuda when a GPU is there, else cpu; a CUDA device that is not there is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={device} but no CUDA GPU is available; use device=cpu or device=auto")
+    return str(device)
+
+
+class TorchEngine:
+    """A trained checkpoint run in PyTorch on a device, in fp32 or bf16 (autocast + channels_last)."""
+
+    name = "torch"
+
+    def __init__(self, trained: TrainedModel, device: str, precision: str):
+        if str(precision) not in ("32", "bf16"):
+            raise UserError(f"precision={precision!r}: choose 32 or bf16")
+        self.trained, self.device, self.bf16 = trained, torch.device(device), str(precision) == "bf16"
+        self.model = trained.model.to(self.device)
+        if self.bf16:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.class_names, self.preprocess = trained.class_names, trained.preprocess
+        self.threshold, self.calibration_note = trained.threshold, trained.calibration_note
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device)
+        with torch.inference_mode():
+            if self.bf16:
+                x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                    return self.model(x).float()
+            return self.model(x).float()
+
+    def probs(self, x: torch.Tensor) -> np.ndarray:
+        return self.trained.probs(self.logits(x)).cpu().numpy()

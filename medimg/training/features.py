@@ -1,0 +1,89 @@
+"""Feature cache for a head-only phase: the frozen backbone sees each image once, the head trains on features.
+
+With ``stage.phases.<phase>.feature_cache=true`` and ``train_blocks: []`` the phase is a linear probe: the
+backbone's pooled features of the train and val splits are computed once (eval transform, no augmentation,
+the phase's precision, on the training device) and the head trains for all its epochs on those vectors
+instead of pushing every image through the backbone every epoch. The extraction happens inside the fit,
+when Lightning asks for the loaders (so under DDP each rank extracts on its own device after the process
+group is up; every rank extracts all images, and the training sampler gives each rank its share).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import nullcontext
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from medimg.data.datamodule import MedImageDataModule
+from medimg.models.backbones import head_removed
+from medimg.models.classifier import ImageClassifier
+
+log = logging.getLogger(__name__)
+
+
+class FeatureDataset(Dataset):
+    """``(features, class index, row index)`` rows; takes the ``(row, seed)`` items of an EpochSampler too."""
+
+    def __init__(self, features: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor):
+        self.features, self.targets, self.rows = features, targets, rows
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, key):
+        i = key[0] if isinstance(key, tuple) else key
+        return self.features[i], self.targets[i], self.rows[i]
+
+
+@torch.no_grad()
+def extract_features(model: ImageClassifier, loader: DataLoader, autocast=None) -> FeatureDataset:
+    """Pooled backbone features (float32 on the CPU) of every batch of ``loader``, with ``model`` in eval mode
+    (restored afterwards) on its device."""
+    was_training = model.training
+    model.eval()
+    feats, targets, rows = [], [], []
+    try:
+        with head_removed(model.net, model.hparams.backbone), autocast if autocast is not None else nullcontext():
+            for x, y, i in loader:
+                feats.append(model(x.to(model.device, non_blocking=True)).float().cpu())
+                targets.append(torch.as_tensor(y))
+                rows.append(torch.as_tensor(i))
+    finally:
+        model.train(was_training)
+    return FeatureDataset(torch.cat(feats), torch.cat(targets), torch.cat(rows))
+
+
+class FeatureDataModule(L.LightningDataModule):
+    """Train/val loaders over backbone features of ``images`` (a set-up MedImageDataModule), extracted once
+    on first use with the model being fitted. ``datasets`` stay the image datasets (for Grad-CAM logging)."""
+
+    def __init__(self, images: MedImageDataModule):
+        super().__init__()
+        self.images = images
+        self.datasets = images.datasets
+        self.class_names = images.class_names
+        self.features: dict[str, FeatureDataset] = {}
+        self.extract_s: dict[str, float] = {}
+
+    def _features(self, split: str) -> FeatureDataset:
+        if split not in self.features:
+            t0 = time.perf_counter()
+            loader = self.images.once_loader(self.images.unaugmented_dataset(split))
+            feats = extract_features(self.trainer.lightning_module, loader,
+                                     self.trainer.precision_plugin.forward_context())
+            self.extract_s[split] = time.perf_counter() - t0
+            self.features[split] = feats
+            log.info("feature cache: %d %s images through the frozen backbone in %.1f s (%.0f images/s), "
+                     "%d features each", len(feats), split, self.extract_s[split],
+                     len(feats) / max(self.extract_s[split], 1e-9), feats.features.shape[1])
+        return self.features[split]
+
+    def train_dataloader(self) -> DataLoader:
+        return self.images.loader(self._features("train"), train=True, in_memory=True, epoch=self.trainer.current_epoch)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.images.loader(self._features("val"), train=False, in_memory=True)

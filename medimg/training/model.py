@@ -1,0 +1,33 @@
+"""The ImageClassifier a run trains, built from its settings and its data."""
+
+from __future__ import annotations
+
+import shutil
+
+from medimg.config.runtime import Runtime
+from medimg.config.schema import as_dict
+from medimg.config.training import TrainSettings
+from medimg.data.datamodule import MedImageDataModule, preprocess_of
+from medimg.errors import ConfigError
+from medimg.inference import check_same_classes
+from medimg.models.classifier import ImageClassifier
+from medimg.training.resume import Resume
+
+
+def build_model(s: TrainSettings, rt: Runtime, dm: MedImageDataModule, resume: Resume | None) -> ImageClassifier:
+    if resume is not None:  # the checkpoint's head must fit these classes
+        check_same_classes(resume.state.get("class_names", []), dm.class_names, resume.path, s.dataset.name)
+    weights = None if resume is not None else s.backbone.weights  # a resume loads the run's own weights
+    model = ImageClassifier(
+        backbone=s.backbone.name, class_names=dm.class_names, weights=weights, dropout=s.backbone.dropout,
+        class_weights=dm.class_weights().tolist() if s.dataset.class_weights else None, optim=as_dict(s.optim),
+        label_smoothing=s.model.label_smoothing, channels_last=rt.channels_last,
+        nan_check_every=s.model.nan_check_every, live_step_loss=rt.live_step_loss,
+        preprocess=preprocess_of(s.dataset).to_dict(),
+    )
+    if s.model.compile:
+        if rt.accelerator == "cpu" and not (shutil.which("c++") or shutil.which("g++")):
+            raise ConfigError("model.compile=true on the CPU needs a C++ compiler for torch.compile's generated "
+                              "kernels (install g++), or set model.compile=false")
+        model.net.compile()  # in place: parameter names (and so checkpoints) stay those of the eager network
+    return model

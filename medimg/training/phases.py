@@ -1,0 +1,75 @@
+"""The phase loop: each phase of the stage is its own fit, starting from the previous phase's best weights.
+
+A phase sets which blocks train and at which learning rate, gets its own Trainer (epochs, early stopping, best
+checkpoint), and trains on images or, for a frozen backbone with ``feature_cache``, on features computed
+once. When it ends, its best weights are loaded and written as ``last.ckpt`` marked done, so a kill between
+phases resumes with the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from medimg.config.runtime import Runtime
+from medimg.config.training import PhaseSettings, TrainSettings
+from medimg.data.datamodule import MedImageDataModule
+from medimg.data.sampling import derive_seed
+from medimg.errors import ConfigError
+from medimg.models.classifier import ImageClassifier
+from medimg.training.features import FeatureDataModule
+from medimg.training.phase_book import PhaseBook
+from medimg.training.resume import Resume
+from medimg.training.trainer import build_phase_trainer, phase_epochs
+
+log = logging.getLogger("medimg.train")
+
+
+def load_weights(model: ImageClassifier, ckpt_path: str | Path) -> None:
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["state_dict"])
+
+
+def phase_data(name: str, ph: PhaseSettings, model: ImageClassifier,
+               dm: MedImageDataModule) -> MedImageDataModule | FeatureDataModule:
+    """The images, or (``feature_cache: true`` on a frozen backbone) backbone features computed once."""
+    if not ph.feature_cache:
+        return dm
+    if model.phase["train_blocks"]:
+        raise ConfigError(f"stage.phases.{name}.feature_cache=true needs a frozen backbone, but the phase trains "
+                          f"{model.phase['train_blocks']}; set stage.phases.{name}.train_blocks=[] or "
+                          f"stage.phases.{name}.feature_cache=false")
+    log.info("phase %r trains the head on backbone features computed once (no augmentation; "
+             "stage.phases.%s.feature_cache=false trains it on augmented images)", name, name)
+    return FeatureDataModule(dm)
+
+
+def run_phases(s: TrainSettings, rt: Runtime, model: ImageClassifier, dm: MedImageDataModule, run_dir: Path,
+               book: PhaseBook, resume: Resume | None) -> PhaseBook:
+    """Fit each phase of the stage in order (from where ``resume`` says); returns the book of finished phases."""
+    phases = list(s.stage.phases.items())
+    start = 0
+    if resume is not None:
+        book.done.update(resume.phases_done)
+        start = resume.start
+        if not resume.mid_phase:
+            load_weights(model, resume.path)  # the best weights of the phase that ended
+    for i, (name, ph) in enumerate(phases[start:], start):
+        epochs = phase_epochs(ph.epochs, s.trainer.max_epochs)
+        model.set_phase(name, ph.train_blocks, ph.lr, epochs)
+        n_train = sum(p.numel() for p in model.trainable_parameters())
+        log.info("phase %r: training %s + head (%d parameters) for up to %d epochs at lr %g",
+                 name, model.phase["train_blocks"] or "nothing of the backbone", n_train, epochs, ph.lr)
+        trainer, best = build_phase_trainer(s, rt, book, name, epochs, ph.patience, run_dir)
+        dm.train_seed = derive_seed(s.seed, "train", name)
+        fit_from = resume.path if resume is not None and resume.mid_phase and i == start else None
+        trainer.fit(model, datamodule=phase_data(name, ph, model, dm), ckpt_path=fit_from)
+        if best.best_model_path:
+            score = best.best_model_score
+            book.finish(name, best.best_model_path, float(score) if score is not None else None)
+            load_weights(model, best.best_model_path)  # the next phase (and test) starts from the best
+        if trainer.is_global_zero and s.callbacks.checkpoint.save_last:
+            book.save_boundary(model, run_dir / "checkpoints" / "last.ckpt")
+    return book

@@ -1,0 +1,118 @@
+"""One run, one folder: a run never writes into another run's folder, and a resume continues in its own.
+
+``claim`` marks a fresh run's folder as its own (``run.json``, created exclusively) and refuses a folder that
+holds another run's checkpoints or results. ``resume_argv`` makes ``python -m medimg.train
+ckpt_path=<run>/checkpoints/last.ckpt`` compose the run's own ``.hydra/config.yaml`` (not today's defaults) in
+the run's own folder, with the command line's overrides on top; ``refuse_finished_run_dir`` stops an explicit
+``hydra.run.dir`` that points at a finished run before Hydra writes anything there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from medimg.errors import ConfigError
+from medimg.inference import run_dir_of
+
+RESULTS = ("metrics.json", "predictions.csv", "report.md")
+CLAIM = "run.json"
+GROUPS = ("dataset", "backbone", "stage", "optim", "model", "trainer", "logger", "callbacks", "calibration",
+          "experiment", "debug", "paths", "hydra")
+
+
+def occupied_by(run_dir: Path) -> list[str]:
+    """What in ``run_dir`` shows another run was there: checkpoints and results."""
+    found = [p.name for p in (run_dir / "checkpoints").glob("*.ckpt")] if (run_dir / "checkpoints").is_dir() else []
+    return found + [name for name in RESULTS if (run_dir / name).is_file()]
+
+
+def _is_launched_rank() -> bool:
+    """A process started by a launcher (Lightning's DDP, torchrun, SLURM): its rank 0 did the checks."""
+    return "LOCAL_RANK" in os.environ or int(os.environ.get("SLURM_PROCID", "0")) > 0
+
+
+def claim(run_dir: Path, resuming: bool) -> None:
+    """Make ``run_dir`` this run's: refused if another run's files are there (unless resuming this run)."""
+    if _is_launched_rank() and int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if resuming:
+        (run_dir / CLAIM).write_text(json.dumps({**me, "resumed": True}) + "\n")
+        return
+    taken = occupied_by(run_dir)
+    if taken:
+        raise ConfigError(f"run folder {run_dir} already holds another run's files ({', '.join(sorted(taken)[:5])}); "
+                          f"a run never writes into another run's folder. Resume that run with "
+                          f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}, or choose another hydra.run.dir.")
+    try:
+        fd = os.open(run_dir / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        other = (run_dir / CLAIM).read_text().strip()
+        raise ConfigError(f"run folder {run_dir} belongs to another run ({other}); choose another hydra.run.dir "
+                          f"or resume that run with ckpt_path=<its checkpoints/last.ckpt>") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(me) + "\n")
+
+
+def _value(argv: list[str], key: str) -> str | None:
+    for a in argv:
+        if a.startswith(key + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def refuse_finished_run_dir(argv: list[str]) -> None:
+    run_dir = _value(argv, "hydra.run.dir")
+    if run_dir and not _value(argv, "ckpt_path") and not _is_launched_rank():
+        taken = occupied_by(Path(run_dir))
+        if taken:
+            raise ConfigError(f"hydra.run.dir={run_dir} holds a finished or running run ({', '.join(sorted(taken)[:5])}); "
+                              f"resume it with ckpt_path={Path(run_dir) / 'checkpoints' / 'last.ckpt'}, or choose "
+                              "another folder")
+
+
+def resume_argv(argv: list[str]) -> list[str]:
+    """``[prog, ckpt_path=..., overrides...]`` -> the same run composed from its own saved config."""
+    args = argv[1:]
+    ckpt = _value(args, "ckpt_path")
+    if not ckpt or any(a in ("-cp", "-cn", "--config-path", "--config-name") or a.startswith("--config")
+                       for a in args) or _is_launched_rank():
+        return argv
+    run_dir = run_dir_of(ckpt)
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        return argv  # not a run folder of the command line: the checkpoint's stored settings are checked instead
+    groups = [a for a in args if "=" in a and a.split("=", 1)[0].lstrip("+~") in GROUPS]
+    if groups:
+        raise ConfigError(f"resuming continues the run's own config; {', '.join(groups)} would change it. Drop "
+                          "them to resume, or start a new run with them.")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    task = _saved_task_name(saved)
+    extra = [f"hydra.run.dir={run_dir}", f"hydra.output_subdir=.hydra/resume-{stamp}",
+             f"hydra.job_logging.handlers.file.filename={run_dir / (task + '.log')}", "hydra.job.chdir=false"]
+    flags = [a for a in args if a.startswith("-")]
+    overrides = [a for a in args if not a.startswith("-")]
+    return [argv[0], *flags, "-cp", str(saved.parent), "-cn", "config", *overrides, *extra]
+
+
+def _saved_task_name(saved: Path) -> str:
+    for line in saved.read_text().splitlines():
+        if line.startswith("task_name:"):
+            return line.split(":", 1)[1].strip().strip("'\"") or "train"
+    return "train"
+
+
+def prepare_argv(argv: list[str]) -> list[str]:
+    """The train command line, checked and (for a resume) rewritten before Hydra writes anything."""
+    try:
+        refuse_finished_run_dir(argv[1:])
+        return resume_argv(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -1,0 +1,110 @@
+"""Turns the run's settings into a Lightning Trainer for one phase, or for evaluation.
+
+A phase's Trainer keeps the best checkpoint of the phase (``<phase>-best.ckpt``, by ``monitor``), writes
+``last.ckpt`` at the end of every epoch (the resume point; both written atomically, with the run's
+bookkeeping inside), stops early on ``monitor``, seeds every epoch (see seeding.py), and logs to the
+configured loggers under a version named after the phase.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    RichProgressBar,
+)
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from medimg.config.runtime import Runtime
+from medimg.config.training import TrainerSettings, TrainSettings
+from medimg.training.checkpoint_io import AtomicCheckpointIO
+from medimg.training.gradcam_logger import GradCamLogger
+from medimg.training.history import TrainingHistory
+from medimg.training.loggers import build_loggers
+from medimg.training.network_summary import NetworkSummary
+from medimg.training.phase_book import PhaseBook, RunStateWriter
+from medimg.training.seeding import StepSeeder
+from medimg.training.step_timer import StepTimer
+
+
+class EpochStartCheckpoint(Callback):
+    """``last.ckpt`` when an epoch starts, from the second on: the previous epoch complete, its validation,
+    early-stopping count and scheduler step included. Lightning resumes such a checkpoint as a clean start of
+    the next epoch (the last epoch of a phase is saved by the phase's boundary checkpoint)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch > 0:
+            # the per-epoch counters as the epoch loop resets them a moment later, so that a resume from this
+            # checkpoint runs the whole epoch (else Lightning reads the previous epoch's counters as "done")
+            loop = trainer.fit_loop.epoch_loop
+            loop.batch_progress.reset_on_run()
+            loop.scheduler_progress.reset_on_run()
+            loop.automatic_optimization.optim_progress.reset_on_run()
+            trainer.save_checkpoint(self.path)
+
+
+def trainer_kwargs(trainer: TrainerSettings, rt: Runtime) -> dict[str, Any]:
+    """Trainer arguments: the pass-through keys, with this run's resolved accelerator, precision, determinism
+    (cuDNN's benchmark where kernels need not be deterministic); an explicit ``+trainer.<arg>`` wins.
+    medimg's loaders shard themselves under DDP (``use_distributed_sampler=False``)."""
+    ours = {"accelerator": rt.accelerator, "precision": rt.precision, "deterministic": rt.deterministic,
+            "benchmark": rt.cudnn_benchmark, "use_distributed_sampler": False, "enable_model_summary": False,
+            "plugins": [AtomicCheckpointIO()]}
+    return {**trainer.lightning_kwargs(), **ours, **trainer.extra}
+
+
+def phase_epochs(phase_epochs_cfg: int, trainer_max_epochs: int | None) -> int:
+    return int(phase_epochs_cfg if trainer_max_epochs is None else min(phase_epochs_cfg, trainer_max_epochs))
+
+
+def _checkpoints(s: TrainSettings, phase: str, folder: Path) -> tuple[ModelCheckpoint, list[Callback]]:
+    ck = s.callbacks.checkpoint
+    best = ModelCheckpoint(
+        dirpath=str(folder), filename=f"{phase}-best" if ck.save_top_k == 1 else f"{phase}-{{epoch:02d}}",
+        monitor=s.monitor, mode=s.monitor_mode, save_top_k=ck.save_top_k, save_last=False,
+        auto_insert_metric_name=False, enable_version_counter=False,
+    )
+    return best, [EpochStartCheckpoint(folder / "last.ckpt")] if ck.save_last else []
+
+
+def build_phase_trainer(s: TrainSettings, rt: Runtime, book: PhaseBook, phase: str, epochs: int,
+                        patience: int | None, run_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
+    """The Trainer for one phase and its best-checkpoint callback."""
+    cb = s.callbacks
+    best, extra = _checkpoints(s, phase, run_dir / "checkpoints")
+    callbacks: list[Callback] = [best, *extra, RunStateWriter(book), StepSeeder(s.seed, phase), NetworkSummary(),
+                                 TrainingHistory(run_dir / "history.json", phase, s.monitor)]
+    if cb.early_stopping.enabled and patience is not None:
+        callbacks.append(EarlyStopping(monitor=s.monitor, mode=s.monitor_mode, patience=int(patience),
+                                       min_delta=cb.early_stopping.min_delta, check_finite=True))
+    loggers = build_loggers(s.logger, run_dir, phase)
+    if loggers and cb.lr_monitor:
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    gc = cb.gradcam
+    if gc.enabled and any(isinstance(lg, TensorBoardLogger) for lg in loggers):
+        callbacks.append(GradCamLogger(every_n_epochs=gc.every_n_epochs, num_images=gc.num_images,
+                                       method=gc.method, layer=gc.layer))
+    if cb.throughput:
+        callbacks.append(StepTimer(run_dir / "throughput.json"))
+    if s.trainer.enable_progress_bar and cb.rich_progress:
+        callbacks.append(RichProgressBar())
+    trainer = L.Trainer(max_epochs=epochs, callbacks=callbacks, logger=loggers or False,
+                        default_root_dir=str(run_dir), **trainer_kwargs(s.trainer, rt))
+    return trainer, best
+
+
+def build_eval_trainer(trainer: TrainerSettings, rt: Runtime, logger_cfg: dict[str, Any] | None,
+                       rich_progress: bool, out_dir: Path, version: str) -> L.Trainer:
+    callbacks: list[Callback] = [RichProgressBar()] if trainer.enable_progress_bar and rich_progress else []
+    loggers = build_loggers(logger_cfg, out_dir, version)
+    return L.Trainer(logger=loggers or False, callbacks=callbacks, default_root_dir=str(out_dir),
+                     **trainer_kwargs(trainer, rt))
