@@ -29,6 +29,7 @@ from medimg.config.runtime import Runtime, resolve_runtime
 from medimg.config.schema import as_dict, read
 from medimg.data.datamodule import MedImageDataModule
 from medimg.data.sources import work_dir
+from medimg.errors import MissingDataError
 from medimg.evaluation.analyses import evaluation_options
 from medimg.evaluation.cross_validation import find_fold_runs
 from medimg.evaluation.evaluator import evaluate_split, fit_on_validation, write_evaluation
@@ -36,7 +37,7 @@ from medimg.evaluation.fold_ensemble import evaluate_folds
 from medimg.evaluation.robustness import evaluate_robustness
 from medimg.evaluation.runs import dataset_of_run, evaluation_dir
 from medimg.evaluation.tta import resolve_views
-from medimg.inference import check_same_classes, load_trained, run_dir_of
+from medimg.inference import check_same_classes, load_trained, medimg_state, run_dir_of
 from medimg.reporting import print_metrics
 from medimg.training.trainer import build_eval_trainer
 
@@ -44,12 +45,19 @@ log = logging.getLogger("medimg.evaluate")
 
 
 def dataset_config(c: dict[str, Any], run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
-    """``dataset=<name>`` picks a data set; without it the run's own is used, adjusted by any
-    ``+dataset.<key>=<value>`` overrides (e.g. ``+dataset.eval_batch_size=32``)."""
+    """``dataset=<name>`` picks a data set; without it the run's own is used (its ``.hydra/config.yaml``, else the
+    settings its checkpoint records), adjusted by any ``+dataset.<key>=<value>`` overrides."""
     given = c.get("dataset") or {}
     if "source" in given:  # a whole dataset group was chosen
         return given
-    return {**dataset_of_run(run_dir, cfg.paths), **given}
+    try:
+        own = dataset_of_run(run_dir, cfg.paths)
+    except MissingDataError:
+        ckpt = run_dir / "checkpoints" / "best.ckpt"
+        if not ckpt.is_file():
+            raise
+        own = medimg_state(ckpt)["settings"]["dataset"]
+    return {**own, **given}
 
 
 def runtime_of(e: EvaluateSettings) -> Runtime:

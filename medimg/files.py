@@ -97,6 +97,20 @@ def save_figure(fig, path: str | Path, **kwargs: Any) -> Path:
     return path
 
 
+def read_torch(path: str | Path, error: type[Exception], name: str) -> Any:
+    """A torch file read with ``weights_only=True`` (tensors and plain types, never arbitrary pickles); ``error``
+    says that the ``name`` at ``path`` is missing or unreadable."""
+    import torch
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise error(f"{name} {p} does not exist")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise error(f"{name} {p} cannot be read (corrupt, truncated or not a torch file): {e}") from e
+
+
 def file_lock(path: str | Path, timeout: float = -1) -> FileLock:
     """An inter-process lock on ``path`` through the hidden file ``.<name>.lock`` beside it (``with
     file_lock(p): ...``); ``timeout`` -1 waits for ever."""

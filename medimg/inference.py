@@ -24,7 +24,7 @@ from medimg.data.transforms import Preprocess
 from medimg.errors import UserError
 from medimg.evaluation.calibration import calibrated_probs, describe, is_calibrated
 from medimg.evaluation.metrics import predict_labels
-from medimg.files import save_torch
+from medimg.files import read_torch, save_torch
 from medimg.models.classifier import ImageClassifier
 
 UNCALIBRATED = "UNCALIBRATED: the checkpoint holds no calibration (plain softmax)"
@@ -44,15 +44,9 @@ def checkpoint_entry(phase: dict[str, Any], phases_done: dict[str, Any], class_n
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint {p} does not exist")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"checkpoint {p} cannot be read (corrupt, truncated or not a torch file): {e}") from e
+    ckpt = read_torch(path, CheckpointError, "checkpoint")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "medimg" not in ckpt:
-        raise CheckpointError(f"{p} is not a medimg checkpoint (no 'state_dict' / 'medimg' entries)")
+        raise CheckpointError(f"{path} is not a medimg checkpoint (no 'state_dict' / 'medimg' entries)")
     return ckpt
 
 

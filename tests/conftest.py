@@ -22,6 +22,7 @@ TINY = [
     "trainer.max_epochs=1",
     "logger=csv",
 ]
+TINY_ANY_DATA = [a for a in TINY if not a.startswith("dataset.num_images")]  # for data sets other than synthetic
 
 
 def compose_train(out_dir: Path, data_dir: Path, overrides: list[str] = ()):

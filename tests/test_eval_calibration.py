@@ -9,7 +9,8 @@ import pytest
 import torch
 from sklearn.isotonic import IsotonicRegression
 
-from medimg.evaluation.calibration import calibrated_probs, fit_calibration, nll
+from medimg.evaluation.calibration import calibrated_nll, calibrated_probs
+from medimg.evaluation.calibration_select import fit_calibration
 from medimg.evaluation.metrics import classification_metrics
 from medimg.evaluation.threshold import choose_threshold
 
@@ -28,7 +29,7 @@ def test_temperature_never_increases_validation_nll(scale, c, seed):
     z, y = _overconfident(400, c, seed, scale)
     state = fit_calibration("temperature", z, y)
     assert set(state) >= {"method", "temperature"} and state["method"] == "temperature"
-    assert nll(z, y, state) <= nll(z, y, None) + 1e-12
+    assert calibrated_nll(z, y, state) <= calibrated_nll(z, y, None) + 1e-12
     assert abs(state["temperature"] - scale) / scale < 0.35  # recovers the scale the logits were inflated by
 
 
@@ -36,7 +37,7 @@ def test_temperature_never_increases_nll_on_degenerate_splits():
     z = torch.tensor([[5.0, -5.0], [6.0, -4.0], [-3.0, 3.0]])
     for y in (torch.tensor([0, 0, 1]), torch.tensor([1, 1, 0]), torch.tensor([0, 0, 0])):
         state = fit_calibration("temperature", z, y)
-        assert nll(z, y, state) <= nll(z, y, None) + 1e-12
+        assert calibrated_nll(z, y, state) <= calibrated_nll(z, y, None) + 1e-12
         assert np.isfinite(state["temperature"]) and state["temperature"] > 0
 
 
@@ -63,7 +64,7 @@ def test_platt_binary_lowers_nll_and_rejects_multiclass():
     z, y = _overconfident(600, 2, 3)
     z = z + torch.tensor([0.0, 1.5])  # also biased towards class 1
     state = fit_calibration("platt", z, y)
-    assert nll(z, y, state) < nll(z, y, None)
+    assert calibrated_nll(z, y, state) < calibrated_nll(z, y, None)
     p = calibrated_probs(z, state)
     torch.testing.assert_close(p.sum(1), torch.ones(600))
     expected = torch.sigmoid(state["a"] * (z[:, 1] - z[:, 0]) + state["b"])
@@ -89,7 +90,7 @@ def test_isotonic_matches_sklearn(c):
     else:
         ref = ref / ref.sum(1, keepdims=True)
     np.testing.assert_allclose(p.numpy(), ref, atol=1e-12)
-    assert nll(z, y, state) < nll(z, y, None)
+    assert calibrated_nll(z, y, state) < calibrated_nll(z, y, None)
 
 
 @pytest.mark.parametrize("method", ["temperature", "platt", "bcts", "vector", "isotonic", "auto", "none"])

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from medimg.errors import ConfigError
-from medimg.evaluation.calibration import calibrated_probs, describe, fit_calibration, nll
-from medimg.evaluation.calibration_select import fit_auto, fold_indices
+from medimg.evaluation.calibration import calibrated_nll, calibrated_probs, describe
+from medimg.evaluation.calibration_select import fit_auto, fit_calibration, fold_indices
 from medimg.evaluation.metrics import classification_metrics
 
 SELECTION = {"candidates": ["temperature", "bcts", "vector", "isotonic", "platt"], "folds": 5, "seed": 0}
@@ -45,7 +45,7 @@ def test_bcts_equals_temperature_scaling_on_balanced_priors(scale):
     assert max(abs(b) for b in bcts["bias"]) < 0.1  # no prior shift: (almost) no bias
     diff = (calibrated_probs(z.double(), bcts) - calibrated_probs(z.double(), temp)).abs().max()
     assert float(diff) < 0.03
-    assert abs(nll(z, y, bcts) - nll(z, y, temp)) < 2e-3
+    assert abs(calibrated_nll(z, y, bcts) - calibrated_nll(z, y, temp)) < 2e-3
 
 
 def test_bcts_and_vector_repair_a_prior_shift_that_temperature_cannot():
@@ -73,12 +73,12 @@ def test_never_worse_than_uncalibrated_on_validation(method, c, seed):
     z, y = _logits(300, c, seed, 3.0, np.linspace(-1, 1, c))
     state = fit_calibration(method, z, y)
     assert state["method"] == method
-    assert nll(z, y, state) <= nll(z, y, None) + 1e-12
+    assert calibrated_nll(z, y, state) <= calibrated_nll(z, y, None) + 1e-12
     assert state["val_nll_after"] <= state["val_nll_before"]
     # degenerate splits (one class only, three images) still give a finite state no worse than the softmax
     zd, yd = torch.tensor([[5.0, -5.0], [6.0, -4.0], [-3.0, 3.0]]), torch.tensor([0, 0, 0])
     sd = fit_calibration(method, zd, yd)
-    assert nll(zd, yd, sd) <= nll(zd, yd, None) + 1e-12
+    assert calibrated_nll(zd, yd, sd) <= calibrated_nll(zd, yd, None) + 1e-12
     assert all(math.isfinite(v) for v in sd["bias"])
 
 
@@ -106,7 +106,7 @@ def test_auto_picks_by_cross_validated_nll_and_records_every_candidate():
     assert state["method"] in ("bcts", "vector")  # the prior shift is what matters here
     assert sel["cv_nll"]["bcts"] < sel["cv_nll"]["temperature"]
     refit = fit_calibration(state["method"], zv, yv)  # the winner is refitted on the whole split
-    assert nll(zv, yv, state) == pytest.approx(nll(zv, yv, refit), abs=1e-9)
+    assert calibrated_nll(zv, yv, state) == pytest.approx(calibrated_nll(zv, yv, refit), abs=1e-9)
     assert "chosen by 5-fold cross-validated validation NLL" in describe(state)
 
 
@@ -115,7 +115,7 @@ def test_auto_on_a_binary_task_considers_platt_and_can_keep_none():
     state = fit_auto(zv, yv, ["temperature", "platt", "none"], folds=4, seed=1, max_iter=100)
     assert set(state["selection"]["cv_nll"]) == {"temperature", "platt", "none"}
     assert state["method"] in ("temperature", "platt")  # 3x over-confident: scaling beats none
-    assert state["selection"]["cv_nll"]["none"] == pytest.approx(nll(zv, yv, None))
+    assert state["selection"]["cv_nll"]["none"] == pytest.approx(calibrated_nll(zv, yv, None))
 
 
 def test_auto_configuration_errors_name_the_keys():

@@ -7,6 +7,13 @@ from typing import Any
 
 from medimg.config.schema import auto_or_bool, fraction, positive, require
 
+# the keys each source takes besides the shared ones (conf/dataset/<name>.yaml)
+SOURCE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "synthetic": ("num_images", "generator_seed"),
+    "csv": ("csv", "path_column", "label_column", "group_column", "split_column", "classes", "image_root"),
+    "folder": (), "ham10000": (), "chest_xray": (), "fashion_mnist": (),
+}
+
 
 @dataclass(frozen=True)
 class SplitSettings:
@@ -54,6 +61,11 @@ class DatasetSettings:
     extra: dict[str, Any]  # the source's own keys (e.g. synthetic: num_images; csv: csv, path_column ...)
 
     def check(self, where: str) -> None:
+        options = SOURCE_OPTIONS.get(self.source)
+        require(options is not None, f"{where}.source", f"{self.source!r} is not one of {', '.join(SOURCE_OPTIONS)}")
+        unknown = sorted(set(self.extra) - set(options))
+        require(not unknown, where, f"unknown keys {', '.join(f'{where}.{k}' for k in unknown)} for "
+                                    f"source={self.source} (its own keys: {', '.join(options) or 'none'})")
         for key in ("img_size", "batch_size", "eval_batch_size", "cache_size", "eval_resize"):
             positive(getattr(self, key), f"{where}.{key}")
         require(isinstance(self.num_workers, int) and self.num_workers >= 0, f"{where}.num_workers",

@@ -89,9 +89,17 @@ def auto_or_bool(value: Any, where: str) -> None:
     require(value == "auto" or isinstance(value, bool), where, f"must be auto, true or false, got {value!r}")
 
 
-def as_dict(obj: Any) -> dict[str, Any]:
-    """A settings dataclass back to plain dicts (for checkpoints, logs and hyper-parameters)."""
-    return dataclasses.asdict(obj)
+def as_dict(obj: Any) -> Any:
+    """A settings dataclass back to the plain dicts it was read from (``extra`` keys back in their section): for
+    checkpoints, logs and hyper-parameters."""
+    if dataclasses.is_dataclass(obj):
+        out = {f.name: as_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name != "extra"}
+        return {**out, **as_dict(getattr(obj, "extra", {}))}
+    if isinstance(obj, dict):
+        return {k: as_dict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [as_dict(v) for v in obj]
+    return obj
 
 
 def flatten(d: dict[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:

@@ -62,18 +62,17 @@ def _lesion_radius(rng: np.random.Generator, cls: str, n_angles: int = 360) -> n
     return r
 
 
-def render(rng: np.random.Generator, cls: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one image of class ``cls``: returns (RGB uint8 HxWx3, mask bool HxW)."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-
-    # Skin: one tone distribution for all classes, uneven lighting, fine noise.
+def _skin(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """One tone distribution for all classes, uneven lighting, fine noise: HxWx3 float."""
     skin = np.array([rng.uniform(0.70, 0.92), rng.uniform(0.50, 0.72), rng.uniform(0.42, 0.62)], np.float32)
     light = 1.0 + 0.12 * np.sin(2 * np.pi * (rng.uniform(0.3, 1.0) * xx + rng.uniform()) + rng.uniform(0, 6))
     light *= 1.0 + 0.08 * np.cos(2 * np.pi * (rng.uniform(0.3, 1.0) * yy) + rng.uniform(0, 6))
     img = skin[None, None, :] * light[..., None]
-    img += rng.normal(0, 0.025, size=img.shape).astype(np.float32)
+    return img + rng.normal(0, 0.025, size=img.shape).astype(np.float32)
 
-    # Lesion geometry: position, size, elongation, rotation, outline.
+
+def _geometry(rng: np.random.Generator, cls: str, xx: np.ndarray, yy: np.ndarray) -> dict[str, np.ndarray]:
+    """Position, size, elongation, rotation and outline: lesion coordinates (u, v), distance, mask, soft edge."""
     cx, cy = rng.uniform(0.3, 0.7, size=2)
     base = rng.uniform(0.10, 0.15) if cls == "vascular" else rng.uniform(0.13, 0.22)
     aspect = rng.uniform(0.7, 1.0)
@@ -85,40 +84,39 @@ def render(rng: np.random.Generator, cls: str, size: int) -> tuple[np.ndarray, n
     angle = np.mod(np.arctan2(v, u), 2 * np.pi)
     outline = _lesion_radius(rng, cls)
     r_at = base * outline[(angle / (2 * np.pi) * len(outline)).astype(int) % len(outline)]
-    mask = dist <= r_at
     edge = np.clip((r_at - dist) / (0.02 + 0.02 * rng.uniform()), 0, 1)  # soft border
+    return {"u": u, "v": v, "dist": dist, "rot": rot, "mask": dist <= r_at, "edge": edge}
 
-    # Lesion colour and texture, per class, with overlapping ranges.
+
+def _lesion(rng: np.random.Generator, cls: str, g: dict[str, np.ndarray]) -> np.ndarray:
+    """Colour and texture, per class, with overlapping ranges: HxWx3."""
+    u, v, dist, rot = g["u"], g["v"], g["dist"], g["rot"]
     if cls == "nevus":
         col = np.array([rng.uniform(0.35, 0.55), rng.uniform(0.22, 0.36), rng.uniform(0.14, 0.26)])
-        tex = np.ones_like(dist)
-        lesion = col[None, None, :] * tex[..., None]
-    elif cls == "melanoma":
+        return col[None, None, :] * np.ones_like(dist)[..., None]
+    if cls == "melanoma":
         dark = np.array([rng.uniform(0.18, 0.36), rng.uniform(0.10, 0.22), rng.uniform(0.08, 0.18)])
         blue = np.array([rng.uniform(0.30, 0.45), rng.uniform(0.32, 0.45), rng.uniform(0.40, 0.55)])
         blob = np.sin(2 * np.pi * (rng.uniform(2, 5) * u + rng.uniform())) * np.cos(
             2 * np.pi * (rng.uniform(2, 5) * v + rng.uniform())
         )
         w = np.clip(0.5 + blob * rng.uniform(0.8, 1.6), 0, 1)[..., None] * rng.uniform(0.4, 0.9)
-        lesion = dark[None, None, :] * (1 - w) + blue[None, None, :] * w
-    elif cls == "keratosis":
+        return dark[None, None, :] * (1 - w) + blue[None, None, :] * w
+    if cls == "keratosis":
         col = np.array([rng.uniform(0.45, 0.62), rng.uniform(0.32, 0.45), rng.uniform(0.20, 0.32)])
         freq = rng.uniform(12, 22)
         stripes = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (u * np.cos(rot) + v * np.sin(rot)) + rng.uniform(0, 6))
-        tex = 1.0 - rng.uniform(0.25, 0.45) * stripes
-        lesion = col[None, None, :] * tex[..., None]
-    elif cls == "vascular":
+        return col[None, None, :] * (1.0 - rng.uniform(0.25, 0.45) * stripes)[..., None]
+    if cls == "vascular":
         col = np.array([rng.uniform(0.50, 0.72), rng.uniform(0.12, 0.25), rng.uniform(0.18, 0.40)])
         lobes = 0.85 + 0.15 * np.cos(2 * np.pi * rng.uniform(8, 14) * dist)
-        lesion = col[None, None, :] * lobes[..., None]
-    else:
-        raise DataError(f"unknown synthetic class {cls!r}; expected one of {CLASSES}")
-    lesion = lesion + rng.normal(0, 0.03, size=lesion.shape)
-    alpha = edge[..., None] * rng.uniform(0.75, 1.0)
-    img = img * (1 - alpha) + lesion.astype(np.float32) * alpha
+        return col[None, None, :] * lobes[..., None]
+    raise DataError(f"unknown synthetic class {cls!r}; expected one of {CLASSES}")
 
-    # Distractors that carry no class information.
-    for _ in range(rng.integers(0, 4)):  # hairs: thin dark curves across the image
+
+def _distractors(rng: np.random.Generator, img: np.ndarray, size: int) -> None:
+    """Hairs (thin dark curves) and a ruler mark in a corner, drawn in place: no class information."""
+    for _ in range(rng.integers(0, 4)):
         x0, y0, x1, y1 = rng.uniform(0, 1, size=4)
         bend = rng.uniform(-0.15, 0.15)
         t = np.linspace(0, 1, 4 * size)
@@ -126,14 +124,25 @@ def render(rng: np.random.Generator, cls: str, size: int) -> tuple[np.ndarray, n
         py = ((y0 + (y1 - y0) * t) * size).astype(int)
         ok = (px >= 0) & (px < size) & (py >= 0) & (py < size)
         img[py[ok], px[ok]] *= rng.uniform(0.3, 0.6)
-    if rng.uniform() < 0.35:  # ruler mark in a random corner
+    if rng.uniform() < 0.35:
         s = max(2, size // 12)
         corner_y = rng.choice([0, size - s])
         corner_x = rng.choice([0, size - s])
         img[corner_y : corner_y + s, corner_x : corner_x + s] = rng.uniform(0.05, 0.95, size=3)
 
+
+def render(rng: np.random.Generator, cls: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one image of class ``cls``: returns (RGB uint8 HxWx3, mask bool HxW)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    img = _skin(rng, xx, yy)
+    geometry = _geometry(rng, cls, xx, yy)
+    lesion = _lesion(rng, cls, geometry)
+    lesion = lesion + rng.normal(0, 0.03, size=lesion.shape)
+    alpha = geometry["edge"][..., None] * rng.uniform(0.75, 1.0)
+    img = img * (1 - alpha) + lesion.astype(np.float32) * alpha
+    _distractors(rng, img, size)
     out = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
-    return out, mask
+    return out, geometry["mask"]
 
 
 def generate(root: str | Path, num_images: int = 3000, img_size: int = 96, seed: int = 0) -> Path:

@@ -2,7 +2,7 @@
 vector scaling, isotonic regression, and ``auto`` (the method with the lowest cross-validated validation NLL).
 
 A fitted calibration is a plain dict (floats, lists, strings) so that it is stored in the checkpoint
-(``save_with_calibration``) and read back with ``torch.load(..., weights_only=True)``. ``calibrated_probs(logits,
+(``medimg.inference.save_calibrated``) and read back with ``torch.load(..., weights_only=True)``. ``calibrated_probs(logits,
 state)`` turns logits into probabilities with it; every prediction after training goes through that function.
 
 State formats (binary tasks may add ``"threshold"``, see ``medimg.evaluation.threshold``)::
@@ -26,7 +26,6 @@ of folds and every candidate's cross-validated NLL. The scaling fits and their r
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,12 +33,11 @@ import torch
 
 from medimg.errors import ConfigError
 from medimg.evaluation import calibration_scaling as scaling
-from medimg.files import save_torch
+from medimg.evaluation.metrics import nll
 
 log = logging.getLogger(__name__)
 
 METHODS = ("none", "temperature", "platt", "bcts", "vector", "isotonic", "auto")
-AUTO_KEYS = ("candidates", "folds", "seed")
 
 
 # ---------------------------------------------------------------------------------------------- applying
@@ -110,10 +108,9 @@ def _apply_isotonic(probs: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- fitting
-def nll(logits: torch.Tensor, targets: torch.Tensor, state: dict[str, Any] | None = None) -> float:
-    """Mean negative log-likelihood of ``targets`` under the calibrated probabilities."""
-    p = calibrated_probs(logits.double(), state).gather(1, targets.long().view(-1, 1)).squeeze(1)
-    return float(-torch.log(p.clamp_min(np.finfo(np.float64).eps)).mean())
+def calibrated_nll(logits: torch.Tensor, targets: torch.Tensor, state: dict[str, Any] | None = None) -> float:
+    """Mean negative log-likelihood of ``targets`` under the calibrated probabilities (``metrics.nll``)."""
+    return nll(calibrated_probs(logits.double(), state), targets)
 
 
 def _never_worse(state: dict[str, Any], identity: dict[str, Any], logits: torch.Tensor,
@@ -121,7 +118,7 @@ def _never_worse(state: dict[str, Any], identity: dict[str, Any], logits: torch.
     """``state`` with its validation NLL before/after; the identity (uncalibrated) parameters instead when the
     fit does not lower the validation NLL."""
     z, y = logits.detach().double().cpu(), targets.detach().long().cpu()
-    before, after = nll(z, y, None), nll(z, y, state)
+    before, after = calibrated_nll(z, y, None), calibrated_nll(z, y, state)
     if not np.isfinite(after) or after > before:
         log.warning("%s did not lower the validation NLL (%.4f -> %.4f); keeping the uncalibrated model",
                     name, before, after)
@@ -179,15 +176,14 @@ def fit_isotonic(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         xs.append([float(v) for v in ir.X_thresholds_])
         ys.append([float(v) for v in ir.y_thresholds_])
     state = {"method": "isotonic", "classes": classes, "x_thresholds": xs, "y_thresholds": ys}
-    state["val_nll_before"] = nll(z, torch.as_tensor(y), None)
-    state["val_nll_after"] = nll(z, torch.as_tensor(y), state)
+    state["val_nll_before"] = calibrated_nll(z, torch.as_tensor(y), None)
+    state["val_nll_after"] = calibrated_nll(z, torch.as_tensor(y), state)
     return state
 
 
-def fit_calibration(method: str, logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100,
-                    selection: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fit ``method`` (see ``METHODS``) on validation logits and targets. ``auto`` needs ``selection``: the
-    ``candidates``, ``folds`` and ``seed`` keys of ``conf/calibration/auto.yaml``."""
+def fit_method(method: str, logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> dict[str, Any]:
+    """Fit one method (temperature | platt | bcts | vector | isotonic | none) on validation logits and targets;
+    ``auto``, which compares them, is ``calibration_select.fit_calibration``."""
     if len(targets) == 0:
         raise ValueError("cannot fit a calibration on an empty validation split")
     fits = {"temperature": fit_temperature, "platt": fit_platt, "bcts": fit_bcts, "vector": fit_vector}
@@ -197,16 +193,7 @@ def fit_calibration(method: str, logits: torch.Tensor, targets: torch.Tensor, ma
         return fit_isotonic(logits, targets)
     if method == "none":
         return {"method": "none"}
-    if method == "auto":
-        missing = [k for k in AUTO_KEYS if k not in (selection or {})]
-        if missing:
-            raise ConfigError(f"calibration.method=auto needs the keys {missing} (see conf/calibration/auto.yaml)")
-        # local import: calibration_select builds on this module
-        from medimg.evaluation.calibration_select import fit_auto
-
-        return fit_auto(logits, targets, list(selection["candidates"]), int(selection["folds"]),
-                        int(selection["seed"]), max_iter)
-    raise ValueError(f"unknown calibration.method={method!r}; choose one of {METHODS}")
+    raise ConfigError(f"unknown calibration.method={method!r}; choose one of {METHODS}")
 
 
 def describe(state: dict[str, Any] | None) -> str:
@@ -239,11 +226,3 @@ def _short(values) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- storing
-def save_with_calibration(src: str | Path, dst: str | Path, state: dict[str, Any] | None) -> Path:
-    """Copy the medimg checkpoint ``src`` to ``dst`` with ``state`` as its calibration (read safely, written
-    atomically), so every later prediction from ``dst`` is calibrated."""
-    from medimg.checkpoints import load_checkpoint  # local: keeps this module free of checkpoint machinery
-
-    ckpt = load_checkpoint(src)
-    ckpt["medimg"]["calibration"] = state
-    return save_torch(ckpt, dst)

@@ -22,7 +22,7 @@ import torch
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from medimg.errors import ConfigError
-from medimg.evaluation.calibration import calibrated_probs, fit_calibration
+from medimg.evaluation.calibration import calibrated_probs, fit_method
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def held_out_nll(method: str, logits: torch.Tensor, targets: torch.Tensor,
     total = 0.0
     for fit_idx, out_idx in folds:
         fi, oi = torch.as_tensor(fit_idx), torch.as_tensor(out_idx)
-        state = fit_calibration(method, logits[fi], targets[fi], max_iter)
+        state = fit_method(method, logits[fi], targets[fi], max_iter)
         p = calibrated_probs(logits[oi].double(), state).gather(1, targets[oi].long().view(-1, 1))
         total += float(-p.clamp_min(eps).log().sum())
     return total / sum(len(o) for _, o in folds)
@@ -75,7 +75,25 @@ def fit_auto(logits: torch.Tensor, targets: torch.Tensor, candidates: list[str],
     winner = min(finite or scores, key=lambda m: (finite or scores)[m])
     log.info("calibration=auto: %d-fold cross-validated NLL %s -> %s", len(split),
              ", ".join(f"{m} {s:.4f}" for m, s in scores.items()), winner)
-    state = fit_calibration(winner, z, y, max_iter)
+    state = fit_method(winner, z, y, max_iter)
     state["selection"] = {"rule": "lowest cross-validated NLL on the validation split", "folds": len(split),
                           "seed": int(seed), "cv_nll": scores}
     return state
+
+
+AUTO_KEYS = ("candidates", "folds", "seed")
+
+
+def fit_calibration(method: str, logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100,
+                    selection: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fit ``method`` (see ``calibration.METHODS``) on validation logits and targets. ``auto`` needs
+    ``selection``: the ``candidates``, ``folds`` and ``seed`` keys of ``conf/calibration/auto.yaml``."""
+    if method != "auto":
+        return fit_method(method, logits, targets, max_iter)
+    missing = [k for k in AUTO_KEYS if k not in (selection or {})]
+    if missing:
+        raise ConfigError(f"calibration.method=auto needs the keys {missing} (see conf/calibration/auto.yaml)")
+    if len(targets) == 0:
+        raise ValueError("cannot fit a calibration on an empty validation split")
+    return fit_auto(logits, targets, list(selection["candidates"]), int(selection["folds"]),
+                    int(selection["seed"]), max_iter)

@@ -32,7 +32,8 @@ from medimg.config.training import CalibrationSettings
 from medimg.errors import ConfigError
 from medimg.evaluation import plots
 from medimg.evaluation.analyses import EvaluationOptions, analyse
-from medimg.evaluation.calibration import calibrated_probs, describe, fit_calibration, is_calibrated
+from medimg.evaluation.calibration import calibrated_probs, describe, is_calibrated
+from medimg.evaluation.calibration_select import fit_calibration
 from medimg.evaluation.error_gallery import Gallery, gallery_figures
 from medimg.evaluation.learning_curves import learning_curves_from
 from medimg.evaluation.metrics import classification_metrics, confusion_matrix, predict_labels

@@ -173,8 +173,3 @@ def classification_metrics(probs: torch.Tensor, targets: torch.Tensor, class_nam
         out[key + "pr_auc"] = aps[k]
         out[key + "support"] = float(support[k])
     return {k: v for k, v in out.items() if not math.isnan(v)}
-
-
-def prefixed(metrics: dict[str, float], prefix: str = "test/", suffix: str = "") -> dict[str, float]:
-    """``{"accuracy": v}`` -> ``{"test/accuracy<suffix>": v}``; per-class keys get the suffix on the metric name."""
-    return {f"{prefix}{k}{suffix}": v for k, v in metrics.items()}

@@ -18,6 +18,7 @@ import torchvision.models as tvm
 from torch import nn
 
 from medimg.errors import ConfigError, UserError
+from medimg.files import read_torch
 
 
 @dataclass(frozen=True)
@@ -61,13 +62,9 @@ def _imagenet_state_dict(name: str, which: str) -> dict[str, torch.Tensor]:
 
 
 def _local_state_dict(path: str) -> dict[str, torch.Tensor]:
-    p = Path(path).expanduser()
-    if not p.is_file():
+    if not Path(path).expanduser().is_file():
         raise WeightsUnavailableError(f"backbone.weights={path!r} is neither 'imagenet', null nor an existing file")
-    try:
-        sd = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise WeightsUnavailableError(f"cannot read weights file {p}: {e}") from e
+    sd = read_torch(path, WeightsUnavailableError, "weights file")
     if isinstance(sd, dict) and "state_dict" in sd:  # a Lightning checkpoint: take the network's weights
         sd = {k.removeprefix("net."): v for k, v in sd["state_dict"].items() if k.startswith("net.")}
     return sd

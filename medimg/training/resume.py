@@ -54,7 +54,14 @@ def changed_settings(saved: dict[str, Any], now: dict[str, Any], unfinished: set
             if a.get(k) != b.get(k) and not _may_change(k, unfinished)]
 
 
-def open_resume(ckpt_path: str, settings: dict[str, Any], phase_names: list[str]) -> Resume:
+def changed_allowed(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The settings a resume changes that it may change (logged with the resume)."""
+    a, b = flatten(saved), flatten(now)
+    return [f"{k}={b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+            and k not in ("ckpt_path", "paths.output_dir")]
+
+
+def open_resume(ckpt_path: str, settings: dict[str, Any], phase_names: list[str], quiet: bool = False) -> Resume:
     """Check that ``ckpt_path`` can continue the run described by ``settings``; where to start."""
     state = medimg_state(ckpt_path)
     phase = state["phase"]["name"]
@@ -75,5 +82,7 @@ def open_resume(ckpt_path: str, settings: dict[str, Any], phase_names: list[str]
                           "\nDrop those overrides to resume, or start a new run with them.")
     resume = Resume(Path(ckpt_path), state, i + 1 if completed else i, mid_phase=not completed)
     where = f"after phase {phase!r}" if completed else f"in phase {phase!r}"
-    log.info("resuming %s from %s (phases done: %s)", where, ckpt_path, sorted(resume.phases_done) or "none")
+    if not quiet:
+        log.info("resuming %s from %s (phases done: %s); overrides of this session: %s", where, ckpt_path,
+                 sorted(resume.phases_done) or "none", changed_allowed(saved, settings) or "none")
     return resume

@@ -92,13 +92,29 @@ def resume_argv(argv: list[str]) -> list[str]:
     if groups:
         raise ConfigError(f"resuming continues the run's own config; {', '.join(groups)} would change it. Drop "
                           "them to resume, or start a new run with them.")
+    check_resume(saved, overrides := [a for a in args if not a.startswith("-")], run_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     task = _saved_task_name(saved)
     extra = [f"hydra.run.dir={run_dir}", f"hydra.output_subdir=.hydra/resume-{stamp}",
              f"hydra.job_logging.handlers.file.filename={run_dir / (task + '.log')}", "hydra.job.chdir=false"]
     flags = [a for a in args if a.startswith("-")]
-    overrides = [a for a in args if not a.startswith("-")]
     return [argv[0], *flags, "-cp", str(saved.parent), "-cn", "config", *overrides, *extra]
+
+
+def check_resume(saved: Path, overrides: list[str], run_dir: Path) -> None:
+    """Compose the run's saved config with ``overrides`` and check them against the checkpoint, before Hydra
+    writes anything into the run folder: a refused resume leaves the run exactly as it was."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from medimg.config.schema import as_dict
+    from medimg.config.training import train_settings
+    from medimg.training.resume import open_resume
+
+    with initialize_config_dir(config_dir=str(saved.parent), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*overrides, f"paths.output_dir={run_dir}"])
+    s = train_settings(OmegaConf.to_container(cfg, resolve=True))
+    open_resume(s.ckpt_path, as_dict(s), list(s.stage.phases), quiet=True)
 
 
 def _saved_task_name(saved: Path) -> str:

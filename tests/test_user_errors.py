@@ -1,0 +1,103 @@
+"""Mistakes a user can make get one clear message, found before any data work, and no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+
+from medimg.errors import ConfigError, UserError
+from medimg.models.backbones import WeightsUnavailableError
+from medimg.train import train
+from tests.conftest import TINY, TINY_ANY_DATA, compose_train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BAD_CONFIGS = [
+    ("dataset.img_size=0", "dataset.img_size: must be a number > 0"),
+    ("dataset.batch_size=-4", "dataset.batch_size: must be a number > 0"),
+    ("dataset.split.val=1.5", "dataset.split.val: must be a fraction in (0, 1)"),
+    ("dataset.split.test=0.9", "leaves no training images"),
+    ("stage.phases.finetune.train_blocks=[layer9]", "stage.phases.finetune.train_blocks: train_blocks ['layer9']"),
+    ("optim.optimizer=adagrad", "optim.optimizer: 'adagrad' is not one of adam, adamw, sgd"),
+    ("monitor=test/auroc", "monitor: must be a validation metric"),
+    ("dataset.pin_memory=sometimes", "dataset.pin_memory: must be auto, true or false"),
+    ("+dataset.imgsize=64", "unknown keys dataset.imgsize for source=synthetic"),
+]
+
+
+@pytest.mark.parametrize("override,message", BAD_CONFIGS)
+def test_config_mistakes_stop_before_any_data_work(override, message, tmp_path):
+    data = tmp_path / "data"
+    cfg = compose_train(tmp_path / "run", data, [*TINY, override])
+    with pytest.raises(ConfigError) as err:
+        train(cfg)
+    assert message in str(err.value)
+    assert not data.exists(), "data work started before the config was checked"
+
+
+def test_folder_without_root_names_the_key(tmp_path):
+    cfg = compose_train(tmp_path / "run", tmp_path / "data", [*TINY_ANY_DATA, "dataset=folder"])
+    with pytest.raises(ConfigError, match=r"dataset.root has no value; set it on the command line: root=\.\.\."):
+        train(cfg)
+
+
+def test_offline_imagenet_weights_stop_before_the_data_is_generated(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    data = tmp_path / "data"
+    cfg = compose_train(tmp_path / "run", data, [*TINY, "backbone.weights=imagenet"])
+    with pytest.raises(WeightsUnavailableError, match="backbone.weights=null"):
+        train(cfg)
+    assert not data.exists()
+
+
+def test_every_user_error_is_a_user_error():
+    from medimg.data.archive import DamagedArchiveError, UnsafeArchiveError
+    from medimg.data.kaggle import DataNotReadyError, DownloadError, KaggleCredentialsError
+    from medimg.data.readers import UnreadableImageError
+    from medimg.export import ExportError
+    from medimg.inference import CheckpointError, ClassMismatchError
+
+    for cls in (ConfigError, CheckpointError, ClassMismatchError, WeightsUnavailableError, UnreadableImageError,
+                DamagedArchiveError, UnsafeArchiveError, DataNotReadyError, DownloadError, KaggleCredentialsError,
+                ExportError):
+        assert issubclass(cls, UserError), cls
+
+
+def _cli(module: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MEDIMG_ROOT": str(cwd), "PYTHONWARNINGS": "ignore", **(env or {})}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("module,args,says", [
+    ("medimg.train", ["dataset.img_size=0"], "dataset.img_size: must be a number > 0"),
+    ("medimg.train", ["dataset=folder"], "dataset.root has no value"),
+    ("medimg.evaluate", ["ckpt_path=/no/such/run/checkpoints/best.ckpt", "dataset=synthetic"], "does not exist"),
+    ("medimg.predict", ["ckpt_path=/no/such.ckpt", "input=/no/such/folder"], "does not exist"),
+    ("medimg.export", ["ckpt_path=/no/such.ckpt"], "does not exist"),
+    ("medimg.download", ["dataset=synthetic"], "is not downloaded from Kaggle"),
+])
+def test_command_line_errors_are_one_message_without_traceback(module, args, says, tmp_path):
+    proc = _cli(module, *args, f"paths.data_dir={tmp_path / 'data'}", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and says in proc.stderr, proc.stderr[-2000:]
+
+
+def test_debug_flag_keeps_the_traceback(tmp_path):
+    proc = _cli("medimg.train", "dataset.img_size=0", f"paths.data_dir={tmp_path / 'data'}", cwd=tmp_path,
+                env={"MEDIMG_DEBUG": "1"})
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
