@@ -12,7 +12,7 @@ GPU_PYTHON ?= python3
 GPU_WHEELS ?= hydra-core omegaconf antlr4-python3-runtime grad-cam ttach pydicom
 GPU_BINARY_WHEELS ?=
 
-.PHONY: help install train test test-fast lint format tensorboard download benchmark gpu-wheels gpu-check clean
+.PHONY: help install train test test-fast lint format tensorboard download serve benchmark gpu-wheels gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -46,6 +46,10 @@ tensorboard: install  ## serve the run folders (outputs/ and multirun/) in Tenso
 
 download: install  ## download and prepare a Kaggle data set: make download DATASET=ham10000
 	$(PY) -m medimg.download dataset=$(DATASET)
+
+serve: install  ## serve a model over HTTP (web page, API): make serve CKPT=<run>/checkpoints/best.ckpt [ARGS=engine=onnx]
+	@if [ -z "$(CKPT)" ]; then echo "make serve needs CKPT=<run>/checkpoints/best.ckpt" >&2; exit 2; fi
+	$(PY) -m medimg.serve ckpt_path=$(CKPT) $(ARGS)
 
 gpu-wheels: install  ## fill .whl/ with the wheels gpu-check installs (the versions in .venv, for Python 3.12)
 	rm -rf .whl && mkdir -p .whl

@@ -29,6 +29,7 @@ from medimg.config.runtime import Runtime, resolve_runtime
 from medimg.config.schema import as_dict, read
 from medimg.data.datamodule import MedImageDataModule
 from medimg.data.sources import work_dir
+from medimg.data.transforms import Preprocess
 from medimg.errors import MissingDataError
 from medimg.evaluation.analyses import evaluation_options
 from medimg.evaluation.cross_validation import find_fold_runs
@@ -37,7 +38,7 @@ from medimg.evaluation.fold_ensemble import evaluate_folds
 from medimg.evaluation.robustness import evaluate_robustness
 from medimg.evaluation.runs import dataset_of_run, evaluation_dir
 from medimg.evaluation.tta import resolve_views
-from medimg.inference import check_same_classes, load_trained, medimg_state, run_dir_of
+from medimg.inference import check_same_classes, load_checkpoint, load_trained, medimg_state, run_dir_of
 from medimg.reporting import print_metrics
 from medimg.training.trainer import build_eval_trainer
 
@@ -65,8 +66,10 @@ def runtime_of(e: EvaluateSettings) -> Runtime:
     return resolve_runtime(t.accelerator, t.precision, t.deterministic, False, "auto", False)
 
 
-def build_datamodule(ds: DatasetSettings, e: EvaluateSettings, rt: Runtime) -> MedImageDataModule:
-    dm = MedImageDataModule(ds, work_dir(ds, e.paths.cache_dir), rt.pin_memory, e.seed)
+def build_datamodule(ds: DatasetSettings, e: EvaluateSettings, rt: Runtime, ckpt: str | Path) -> MedImageDataModule:
+    """The data prepared as the checkpoint ``ckpt`` says (its stored preprocessing: size, resampling, statistics)."""
+    preprocess = Preprocess.from_dict(load_checkpoint(ckpt)["hyper_parameters"]["preprocess"])
+    dm = MedImageDataModule(ds, work_dir(ds, e.paths.cache_dir), rt.pin_memory, e.seed, preprocess)
     dm.prepare_data()
     dm.setup("test")
     return dm
@@ -81,7 +84,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     rt = runtime_of(e)
     first_run = find_fold_runs(e.cv_dir)[0] if e.cv_dir else run_dir_of(e.ckpt_path)
     ds = read(DatasetSettings, dataset_config({"dataset": given}, first_run, cfg), "dataset")
-    dm = build_datamodule(ds, e, rt)
+    dm = build_datamodule(ds, e, rt, first_run / "checkpoints" / "best.ckpt" if e.cv_dir else e.ckpt_path)
     if e.cv_dir:
         out_dir = Path(e.output_dir) if e.output_dir else Path(e.cv_dir)
         trainer = build_eval_trainer(e.trainer, rt, e.logger, True, out_dir, "cv_ensemble")

@@ -28,10 +28,10 @@ from medimg.config.commands import PredictSettings
 from medimg.config.schema import read
 from medimg.data.inputs import collect_images, image_batches
 from medimg.data.readers import ImageLimits
+from medimg.engines import decide, open_engine
 from medimg.errors import ConfigError
 from medimg.files import write_csv
 from medimg.inference import UNCALIBRATED, TorchEngine, load_trained, resolve_device
-from medimg.onnx_model import OnnxEngine
 
 log = logging.getLogger("medimg.predict")
 
@@ -46,16 +46,6 @@ class PredictResult:
     calibration_note: str = ""
 
 
-def open_engine(p: PredictSettings, device: str) -> TorchEngine | OnnxEngine:
-    if p.engine == "onnx":
-        onnx_path = p.onnx_path or (Path(p.ckpt_path).with_name("model.onnx") if p.ckpt_path else None)
-        if onnx_path is None:
-            raise ConfigError("engine=onnx needs onnx_path=<model.onnx> (or ckpt_path=, next to which "
-                              "`python -m medimg.export` writes model.onnx)")
-        return OnnxEngine(onnx_path, device, p.threads)
-    return TorchEngine(load_trained(p.ckpt_path, device), device, str(p.precision))
-
-
 def tta_probs(engine, x: torch.Tensor, tta: bool) -> np.ndarray:
     """Probabilities, averaged with those of the horizontally flipped images when ``tta``."""
     probs = engine.probs(x)
@@ -68,7 +58,7 @@ def predict(cfg: dict[str, Any]) -> PredictResult:
     """Run a prediction config (see conf/predict.yaml) and return what it found and wrote."""
     p = read(PredictSettings, cfg, "")
     device = resolve_device(p.device)
-    engine = open_engine(p, device)
+    engine = open_engine(p.engine, p.ckpt_path, p.onnx_path, device, p.precision, p.threads)
     cams = CamWriter(p, engine, device) if p.gradcam.enabled else None
     root = Path(p.input).expanduser()
     paths, skipped = collect_images(root)
@@ -98,12 +88,6 @@ def predict(cfg: dict[str, Any]) -> PredictResult:
     result.csv_path = str(write_csv(out_dir / "predictions.csv", predictions_frame(result.rows, engine.class_names)))
     summary(result, out_dir)
     return result
-
-
-def decide(probs: np.ndarray, threshold: float | None) -> list[int]:
-    from medimg.evaluation.metrics import predict_labels
-
-    return predict_labels(torch.from_numpy(probs), threshold).tolist()
 
 
 def row(path: Path, probs: np.ndarray, decision: int, class_names: list[str]) -> dict[str, Any]:

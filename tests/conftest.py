@@ -62,20 +62,20 @@ def datamodule_of(cfg, setup: bool = True):
 
 
 def make_classifier(class_names, *overrides: str, tmp: Path | None = None, **arguments):
-    """An ImageClassifier as a run with the default config (plus ``overrides``) builds it; ``arguments``
-    replace constructor arguments (e.g. ``nan_check_every=1``)."""
-    from medimg.config.schema import as_dict
-    from medimg.data.datamodule import preprocess_of
-    from medimg.models.classifier import ImageClassifier
+    """An ImageClassifier as a run with the default config (plus ``overrides``) builds it, on the CPU in fp32
+    without channels_last; ``arguments`` replace constructor arguments (e.g. ``nan_check_every=1``)."""
+    from medimg.config.runtime import resolve_runtime
+    from medimg.training.model import classifier_of
 
     where = tmp or Path("/nonexistent")
     s = settings_of(compose_train(where, where / "data", ["backbone.weights=null", *overrides]))
-    args = dict(backbone=s.backbone.name, class_names=list(class_names), weights=s.backbone.weights,
-                dropout=s.backbone.dropout, class_weights=None, optim=as_dict(s.optim),
-                label_smoothing=s.model.label_smoothing, channels_last=False,
-                nan_check_every=s.model.nan_check_every, live_step_loss=False,
-                preprocess=preprocess_of(s.dataset).to_dict())
-    return ImageClassifier(**{**args, **arguments})
+    rt = resolve_runtime("cpu", "32", "auto", False, "auto", False)
+    model = classifier_of(s, rt, class_names, None, s.backbone.weights)
+    if not arguments:
+        return model
+    from medimg.models.classifier import ImageClassifier
+
+    return ImageClassifier(**{**dict(model.hparams), **arguments})
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ def test_every_option_composes(group, tmp_path):
     for option in options:
         extra = ["dataset.root=/some/images"] if option in ("folder",) and group == "dataset" else []
         extra += ["dataset.csv=/some/labels.csv"] if option == "csv" and group == "dataset" else []
+        extra += ["backbone.name=resnet18"] if option == "timm" and group == "backbone" else []
         cfg = compose_train(tmp_path, tmp_path / "data", [f"{group}={option}", *extra])
         # every key the code reads is in the YAML, no unknown key, every value valid: the typed settings
         s = settings_of(cfg)

@@ -170,3 +170,23 @@ def test_cli(tiny_ckpt, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "model.onnx").is_file()  # next to the checkpoint
     assert "onnxruntime check passed" in r.stdout
+
+
+BACKBONES = sorted(p.stem for p in (ROOT / "conf" / "backbone").glob("*.yaml") if p.stem != "timm")
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_every_configured_backbone_exports_and_passes_the_parity_check(backbone, tiny_ckpt, tmp_path):
+    """The tiny run's checkpoint (its classes, preprocessing and calibration) with another backbone's network."""
+    from medimg.models.classifier import ImageClassifier
+
+    ckpt = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
+    torch.manual_seed(0)
+    model = ImageClassifier(**{**ckpt["hyper_parameters"], "backbone": backbone, "weights": None})
+    ckpt.pop("optimizer_states", None)
+    ckpt["hyper_parameters"], ckpt["state_dict"] = dict(model.hparams), model.state_dict()
+    torch.save(ckpt, tmp_path / "best.ckpt")
+    info = export_onnx(tmp_path / "best.ckpt", tmp_path / "model.onnx", opset=17, check=True, atol=1e-4)
+    assert info["max_abs_diff"] < 1e-4
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props}
+    assert meta["medimg.backbone"] == backbone and json.loads(meta["medimg.preprocess"])["interpolation"]

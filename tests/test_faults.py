@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN = ["backbone.weights=null", "dataset.num_images=160", "dataset.img_size=32", "dataset.num_workers=2",
        "dataset.batch_size=16", "trainer.enable_progress_bar=false", "logger=csv", "stage=two_stage",
        "stage.phases.head.feature_cache=false", "stage.phases.head.epochs=2", "stage.phases.finetune.epochs=2",
+       "stage.phases.finetune.min_steps=0", "stage.phases.finetune.patience_min_steps=0",
        "callbacks.early_stopping.enabled=false", "evaluation.gallery_per_class=0"]
 
 
@@ -86,12 +87,13 @@ def test_a_killed_run_resumes_to_the_same_metrics(case, uninterrupted, data_dir)
     assert not (run / "metrics.json").exists() and left["phase"]["name"] == phase
     for ckpt in (run / "checkpoints").glob("*.ckpt"):  # whatever the kill interrupted, every file is whole
         torch.load(ckpt, map_location="cpu", weights_only=True)
-    assert not list(run.rglob(".*.tmp")), "a temporary file was left behind"
+    (run / "checkpoints" / ".best.ckpt.killed.tmp").write_bytes(b"half")  # as a kill mid-write leaves one
 
     proc = run_train([f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], root, data_dir)
     where = "after phase 'head'" if completed else f"in phase '{phase}'"
     assert f"resuming {where}" in proc.stdout + proc.stderr
     resumed = metrics(run)
+    assert not list(run.rglob(".*.tmp")), "a temporary file was left behind"
     assert set(resumed) == set(whole)
     for key, value in whole.items():
         assert resumed[key] == pytest.approx(value, abs=1e-6), key

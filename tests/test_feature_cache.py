@@ -43,10 +43,11 @@ def test_extracted_features_are_the_backbone_output_in_eval_mode(tiny_dm):
 
 
 @pytest.mark.slow
-def test_feature_cached_head_phase_trains_the_head_only_and_scores_like_images(tiny_cfg, tmp_path):
-    cfg = tiny_cfg("stage=head", "stage.phases.head.feature_cache=true", "trainer.max_epochs=3",
-                   "trainer.precision=32", "callbacks.early_stopping.enabled=false", "callbacks.throughput=true",
-                   "test=false")
+@pytest.mark.parametrize("head_fit", ["epochs", "convex"])
+def test_feature_cached_head_phase_trains_the_head_only_and_scores_like_images(head_fit, tiny_cfg, tmp_path):
+    cfg = tiny_cfg("stage=head", "stage.phases.head.feature_cache=true", f"stage.phases.head.head_fit={head_fit}",
+                   "trainer.max_epochs=3", "trainer.precision=32", "callbacks.early_stopping.enabled=false",
+                   "callbacks.throughput=true", "test=false")
     train(cfg)
     run = tmp_path / "run"
     ck = torch.load(run / "checkpoints" / "head-best.ckpt", map_location="cpu", weights_only=True)
@@ -68,6 +69,11 @@ def test_feature_cached_head_phase_trains_the_head_only_and_scores_like_images(t
         for x, y, _ in dm.val_dataloader():
             model.val_metrics.update(model(x).softmax(-1), y)
     on_images = float(model.val_metrics.compute()["val/auroc"])
+    state = json.loads((run / "history.json").read_text())["epochs"]
+    if head_fit == "convex":  # solved, not trained by epochs: one record, the score of the solution
+        assert len(state) == 1 and state[0]["l2"] in cfg.optim.probe_l2
+        assert on_images == pytest.approx(state[0]["val/auroc"], abs=1e-6)
+        return
     best = next(iter(v for k, v in ck["callbacks"].items() if k.startswith("ModelCheckpoint")))["best_model_score"]
     assert on_images == pytest.approx(float(best), abs=1e-6)
 

@@ -73,7 +73,8 @@ def test_two_stage_freeze_semantics(tiny_cfg, init_weights, tmp_path):
 def test_resume_in_stage_two_keeps_layer4_trainable(tiny_cfg, init_weights, tmp_path, monkeypatch):
     path, _ = init_weights
     base = ["stage=two_stage", f"backbone.weights={path}", "trainer.max_epochs=null",
-            "stage.phases.head.epochs=1", "stage.phases.finetune.epochs=2", "callbacks.early_stopping.enabled=false",
+            "stage.phases.head.epochs=1", "stage.phases.finetune.epochs=2", "stage.phases.finetune.min_steps=0",
+            "callbacks.early_stopping.enabled=false",
             "callbacks.checkpoint.save_top_k=-1"]  # keep every epoch's checkpoint: <phase>-<epoch>.ckpt
     interrupt_at(monkeypatch, "finetune", 1)  # a crash in the second fine-tune epoch
     with pytest.raises(Interrupted):
@@ -83,7 +84,7 @@ def test_resume_in_stage_two_keeps_layer4_trainable(tiny_cfg, init_weights, tmp_
     last = ckpts / "last.ckpt"
     assert read_medimg_state(last)["phase"]["name"] == "finetune"
     before = _net_state(last)
-    head_mtime = (ckpts / "head-00.ckpt").stat().st_mtime_ns
+    head_mtime = (ckpts / "head-best.ckpt").stat().st_mtime_ns  # the convex head phase
     assert not (ckpts / "finetune-01.ckpt").exists()
 
     # continue the fine-tune phase from last.ckpt: its second epoch
@@ -94,7 +95,7 @@ def test_resume_in_stage_two_keeps_layer4_trainable(tiny_cfg, init_weights, tmp_
     assert _changed(before, after, "layer4."), "layer4 was frozen after resuming"
     for block in FROZEN_BLOCKS:
         assert not _changed(before, after, block), f"{block} trained after resuming"
-    assert (ckpts / "head-00.ckpt").stat().st_mtime_ns == head_mtime, "the head phase ran again"
+    assert (ckpts / "head-best.ckpt").stat().st_mtime_ns == head_mtime, "the head phase ran again"
 
 
 def test_same_seed_same_metrics(tiny_cfg, tmp_path, data_dir):
@@ -134,7 +135,7 @@ def test_resume_in_stage_one_with_plateau_then_fine_tunes(tiny_cfg, init_weights
     path, init = init_weights
     common = ["stage=two_stage", "stage.phases.head.feature_cache=false", "stage.phases.head.epochs=2",
               "stage.phases.finetune.epochs=1", f"backbone.weights={path}", "trainer.max_epochs=null",
-              "optim.scheduler=plateau", "callbacks.early_stopping.enabled=false"]
+              "stage.phases.head.min_steps=0", "stage.phases.finetune.min_steps=0", "optim.scheduler=plateau", "callbacks.early_stopping.enabled=false"]
     interrupt_at(monkeypatch, "head", 1)  # a crash in the second head epoch
     with pytest.raises(Interrupted):
         train(tiny_cfg(*common))

@@ -43,7 +43,7 @@ def test_config_mistakes_stop_before_any_data_work(override, message, tmp_path):
 
 def test_folder_without_root_names_the_key(tmp_path):
     cfg = compose_train(tmp_path / "run", tmp_path / "data", [*TINY_ANY_DATA, "dataset=folder"])
-    with pytest.raises(ConfigError, match=r"dataset.root has no value; set it on the command line: root=\.\.\."):
+    with pytest.raises(ConfigError, match=r"dataset.root has no value; set it on the command line: dataset\.root=\.\.\."):
         train(cfg)
 
 

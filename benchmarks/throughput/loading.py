@@ -51,10 +51,10 @@ def _v2_tensor_transform(size: int, mean: Sequence[float], std: Sequence[float])
     )
 
 
-def loader_pipelines(dataset: dict[str, Any], medimg_transform) -> dict[str, tuple[str, Any]]:
-    """Per-image loading pipelines: label -> (reader, transform); ``medimg_transform`` is the data module's
-    own training transform."""
-    size, mean, std = int(dataset["img_size"]), dataset["mean"], dataset["std"]
+def loader_pipelines(dataset, medimg_transform) -> dict[str, tuple[str, Any]]:
+    """Per-image loading pipelines: label -> (reader, transform); ``dataset`` is the run's DatasetSettings
+    (the backbone's preprocessing filled in), ``medimg_transform`` the data module's own training transform."""
+    size, mean, std = int(dataset.img_size), dataset.mean, dataset.std
     v2_label = "variant: cache + torchvision v2 ColorJitter and RandomRotation on uint8 tensors"
     return {
         "baseline: PIL decode + PIL transforms": ("pil", seed_transform(size, mean, std)),
@@ -86,10 +86,11 @@ def run_loader(spec: dict[str, Any]) -> dict[str, float]:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     c = compose(spec["overrides"])
-    train = data_module(c).datasets["train"]
+    dm = data_module(c)
+    train = dm.datasets["train"]
     paths = train.paths[: spec["images"]]
     readers = {"pil": lambda p: Image.open(p).convert("RGB"), "jpeg": read_image, "cache": train.reader}
     return {
         label: _ms_per_image(readers[reader], transform, paths)
-        for label, (reader, transform) in loader_pipelines(c["dataset"], train.transform).items()
+        for label, (reader, transform) in loader_pipelines(dm.ds, train.transform).items()
     }

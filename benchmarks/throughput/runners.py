@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .build import compose, data_module, first_phase, first_phase_model, trainer_settings
+from .build import compose, data_module, first_phase, first_phase_model, settings, trainer_settings
 from .loading import run_loader, seed_transform
 
 CEILING_WARMUP = 2  # no loader to fill: the first step (kernel selection) and one more
@@ -63,21 +63,22 @@ def run_baseline(spec: dict[str, Any]) -> list[float]:
     from torch.utils.data import DataLoader
     from torchvision import datasets
 
-    from medimg.models.backbones import blocks_of, build_backbone
+    from medimg.models.backbones import backbone_info, build_backbone
     from medimg.models.freezing import resolve_blocks
 
     c = compose(spec["overrides"])
     _, train_blocks, lr = first_phase(c)
     torch.manual_seed(0)
-    d = c["dataset"]
-    tf = seed_transform(int(d["img_size"]), d["mean"], d["std"])
-    ds = datasets.ImageFolder(str(Path(d["root"]) / "train"), transform=tf)
+    d = settings(c)[0].dataset  # the backbone's preprocessing filled in
+    tf = seed_transform(int(d.img_size), d.mean, d.std)
+    ds = datasets.ImageFolder(str(Path(d.root) / "train"), transform=tf)
     loader = DataLoader(ds, batch_size=spec["batch"], shuffle=True, num_workers=spec.get("workers", 2))
     net = build_backbone(c["backbone"]["name"], len(ds.classes), weights=None)
-    blocks = blocks_of(c["backbone"]["name"])
-    trainable = resolve_blocks(train_blocks, blocks)
-    for name, module in net.named_children():  # the head is the child that is not a block
-        module.requires_grad_(name in trainable or name not in blocks)
+    info = backbone_info(c["backbone"]["name"])
+    trainable = set(resolve_blocks(train_blocks, info.block_names))
+    frozen = {p for b in info.blocks if b.name not in trainable for p in b.params}  # the head always trains
+    for name, param in net.named_parameters():
+        param.requires_grad_(name not in frozen)
     net.train()
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
     criterion = nn.CrossEntropyLoss()

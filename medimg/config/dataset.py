@@ -32,7 +32,7 @@ class DatasetSettings:
     name: str
     source: str
     root: str
-    img_size: int
+    img_size: int | None  # null = the backbone's pretrained input size (as the other null keys below)
     split: SplitSettings
     num_folds: int | None
     fold: int
@@ -41,15 +41,18 @@ class DatasetSettings:
     num_workers: int
     pin_memory: Any       # auto | true | false
     class_weights: bool
+    sampling: str
     augment: bool
     crop_scale: list[float]
     hflip: float
     vflip: float
     rotation: float
     color_jitter: float
-    eval_resize: float
-    mean: list[float]
-    std: list[float]
+    eval_resize: float | None
+    mean: list[float] | None
+    std: list[float] | None
+    interpolation: str | None
+    preprocess_from: str | None  # the backbone whose pretrained config fills the null keys (the run's)
     skip_bad_files: bool
     scan_files: bool
     cache: bool
@@ -66,11 +69,14 @@ class DatasetSettings:
         unknown = sorted(set(self.extra) - set(options))
         require(not unknown, where, f"unknown keys {', '.join(f'{where}.{k}' for k in unknown)} for "
                                     f"source={self.source} (its own keys: {', '.join(options) or 'none'})")
-        for key in ("img_size", "batch_size", "eval_batch_size", "cache_size", "eval_resize"):
+        for key in ("batch_size", "eval_batch_size", "cache_size"):
             positive(getattr(self, key), f"{where}.{key}")
+        self._check_preprocess(where)
         require(isinstance(self.num_workers, int) and self.num_workers >= 0, f"{where}.num_workers",
                 f"must be an integer >= 0, got {self.num_workers!r}")
         auto_or_bool(self.pin_memory, f"{where}.pin_memory")
+        require(self.sampling in ("shuffle", "balanced"), f"{where}.sampling",
+                f"must be shuffle or balanced, got {self.sampling!r}")
         if self.num_folds is not None:
             require(isinstance(self.num_folds, int) and self.num_folds >= 2, f"{where}.num_folds",
                     f"must be null or an integer >= 2, got {self.num_folds!r}")
@@ -83,15 +89,43 @@ class DatasetSettings:
             require(0 <= getattr(self, key) <= 1, f"{where}.{key}", "must be a probability in [0, 1]")
         require(0 <= self.color_jitter < 1, f"{where}.color_jitter", "must be in [0, 1)")
         require(self.rotation >= 0, f"{where}.rotation", "must be >= 0 degrees")
+
+    def __post_init__(self) -> None:
+        """Null preprocessing keys take the values of ``preprocess_from``'s pretrained config, once, when the
+        settings are read (a training run's: its backbone's); keys that are set win."""
+        missing = [k for k in PREPROCESS_KEYS if getattr(self, k) is None]
+        if not missing or self.preprocess_from is None:
+            return
+        from medimg.models.backbones import pretrained_preprocess
+
+        model = pretrained_preprocess(self.preprocess_from)
+        for key in missing:
+            object.__setattr__(self, key, model[key])
+
+    def _check_preprocess(self, where: str) -> None:
+        from medimg.data.transforms import INTERPOLATIONS
+
+        positive(self.img_size, f"{where}.img_size", allow_none=True)
+        positive(self.eval_resize, f"{where}.eval_resize", allow_none=True)
+        require(self.interpolation is None or self.interpolation in INTERPOLATIONS, f"{where}.interpolation",
+                f"must be null (the backbone's) or one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
         for key in ("mean", "std"):
-            require(len(getattr(self, key)) == 3, f"{where}.{key}", "must list 3 values (R, G, B)")
-        require(all(s > 0 for s in self.std), f"{where}.std", "values must be > 0")
+            value = getattr(self, key)
+            require(value is None or len(value) == 3, f"{where}.{key}", "must be null (the backbone's) or list "
+                                                                         "3 values (R, G, B)")
+        require(self.std is None or all(s > 0 for s in self.std), f"{where}.std", "values must be > 0")
+        require(self.source != "synthetic" or self.img_size is not None, f"{where}.img_size",
+                "the synthetic images are drawn at this size: set a number")
 
     def option(self, key: str) -> Any:
         """A key of the source's own (``extra``); a clear error when the dataset config lacks it."""
         if key not in self.extra:
             raise_missing(f"dataset.{key}", self.source)
         return self.extra[key]
+
+
+# the keys that say how images are prepared for the network; null = the backbone's pretrained config
+PREPROCESS_KEYS = ("img_size", "eval_resize", "interpolation", "mean", "std")
 
 
 def raise_missing(key: str, source: str) -> None:

@@ -52,7 +52,7 @@ def key(where: str, name: str) -> str:
 
 def _value(hint: Any, value: Any, where: str) -> Any:
     if isinstance(value, str) and value == MISSING:
-        raise ConfigError(f"{where} has no value; set it on the command line: {where.split('.', 1)[-1]}=...")
+        raise ConfigError(f"{where} has no value; set it on the command line: {where}=...")
     if dataclasses.is_dataclass(hint):
         return read(hint, value, where)
     if typing.get_origin(hint) is dict:

@@ -34,17 +34,31 @@ class BackboneSettings:
 
 @dataclass(frozen=True)
 class PhaseSettings:
-    train_blocks: Any             # [] (frozen backbone) | all | a block name | a list of block names
+    train_blocks: Any             # [] (frozen backbone) | all | last | a count of last blocks | block name(s)
     epochs: int
-    lr: float
+    lr: Any                       # a learning rate | find (Lightning's learning-rate finder)
     patience: int | None
     feature_cache: bool
+    head_fit: str                 # feature-cached head: convex (solved to convergence) | epochs (Adam over epochs)
+    min_steps: int                # the phase takes at least this many optimiser steps (its epochs are raised)
+    patience_min_steps: int       # early stopping waits at least this many optimiser steps (patience raised)
+    warmup_steps: int             # linear learning-rate warmup over the first optimiser steps
+    lr_decay: float               # discriminative rates: each earlier trained block gets lr x this factor more
 
     def check(self, where: str) -> None:
         require(isinstance(self.epochs, int) and self.epochs >= 1, f"{where}.epochs", "must be an integer >= 1")
-        positive(self.lr, f"{where}.lr")
+        if self.lr != "find":
+            positive(self.lr, f"{where}.lr")
         require(self.patience is None or (isinstance(self.patience, int) and self.patience >= 1),
                 f"{where}.patience", "must be null (no early stopping) or an integer >= 1")
+        one_of(self.head_fit, ("convex", "epochs"), f"{where}.head_fit")
+        for key in ("min_steps", "patience_min_steps", "warmup_steps"):
+            require(isinstance(getattr(self, key), int) and getattr(self, key) >= 0, f"{where}.{key}",
+                    "must be an integer >= 0")
+        require(0 < self.lr_decay <= 1, f"{where}.lr_decay", f"must be in (0, 1], got {self.lr_decay!r}")
+        require(not (self.lr == "find" and self.feature_cache), f"{where}.lr",
+                "lr=find needs a phase trained on images; with feature_cache=true the head is solved "
+                "(head_fit=convex) or trained on fixed features: set a number, or feature_cache=false")
 
 
 @dataclass(frozen=True)
@@ -64,9 +78,14 @@ class OptimSettings:
     scheduler: str
     step_size: int
     gamma: float
+    probe_l2: list[float]
+    probe_max_iter: int
 
     def check(self, where: str) -> None:
         one_of(self.optimizer, OPTIMIZERS, f"{where}.optimizer")
+        require(len(self.probe_l2) > 0 and all(v >= 0 for v in self.probe_l2), f"{where}.probe_l2",
+                "must list L2 strengths >= 0 to try")
+        positive(self.probe_max_iter, f"{where}.probe_max_iter")
         one_of(self.scheduler, SCHEDULERS, f"{where}.scheduler")
         require(self.weight_decay >= 0, f"{where}.weight_decay", "must be >= 0")
         positive(self.step_size, f"{where}.step_size")
@@ -76,6 +95,11 @@ class OptimSettings:
 @dataclass(frozen=True)
 class ModelSettings:
     label_smoothing: float
+    focal_gamma: float
+    mixup_alpha: float
+    cutmix_alpha: float
+    mix_prob: float
+    ema_decay: float | None
     nan_check_every: int
     step_loss_in_bar: Any         # auto | true | false
     channels_last: Any            # auto | true | false
@@ -83,6 +107,13 @@ class ModelSettings:
 
     def check(self, where: str) -> None:
         require(0 <= self.label_smoothing < 1, f"{where}.label_smoothing", "must be in [0, 1)")
+        require(self.focal_gamma >= 0, f"{where}.focal_gamma", f"must be >= 0 (0 = cross-entropy), got "
+                                                               f"{self.focal_gamma!r}")
+        for key in ("mixup_alpha", "cutmix_alpha"):
+            require(getattr(self, key) >= 0, f"{where}.{key}", "must be >= 0 (0 = off)")
+        require(0 <= self.mix_prob <= 1, f"{where}.mix_prob", "must be a probability in [0, 1]")
+        require(self.ema_decay is None or 0 < self.ema_decay < 1, f"{where}.ema_decay",
+                "must be null (off) or in (0, 1), e.g. 0.999")
         positive(self.nan_check_every, f"{where}.nan_check_every")
         auto_or_bool(self.step_loss_in_bar, f"{where}.step_loss_in_bar")
         auto_or_bool(self.channels_last, f"{where}.channels_last")
@@ -213,6 +244,13 @@ class TrainSettings:
 
     def check(self, where: str) -> None:
         one_of(self.monitor_mode, ("max", "min"), "monitor_mode")
+        for name, ph in self.stage.phases.items():
+            require(ph.warmup_steps == 0 or self.optim.scheduler in ("cosine", "none"),
+                    f"stage.phases.{name}.warmup_steps", f"warmup needs optim.scheduler=cosine or none, "
+                                                        f"not {self.optim.scheduler}")
+        require(not (self.dataset.sampling == "balanced" and self.dataset.class_weights), "dataset.sampling",
+                "balanced sampling and class_weights=true would correct the class imbalance twice; set "
+                "dataset.class_weights=false (or dataset.sampling=shuffle)")
         require(self.monitor.startswith("val/"), "monitor", f"must be a validation metric (val/...), "
                                                              f"got {self.monitor!r}")
 

@@ -18,16 +18,16 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
-from medimg.config.dataset import DatasetSettings
+from medimg.config.dataset import PREPROCESS_KEYS, DatasetSettings
 from medimg.data.cache import ImageCache, build_cache
 from medimg.data.image_dataset import ImageDataset
 from medimg.data.readers import ImageLimits, read_image
-from medimg.data.sampling import EpochSampler
+from medimg.data.sampling import EpochSampler, balanced_weights
 from medimg.data.scan import find_bad_images
 from medimg.data.sources import load_source
 from medimg.data.splits import assign_fold, load_or_make_splits, split_summary
-from medimg.data.transforms import Preprocess, eval_transform, train_transform
-from medimg.errors import DataError
+from medimg.data.transforms import Preprocess, train_transform
+from medimg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +50,30 @@ def eval_sampler(dataset) -> UnrepeatedDistributedSampler | None:
 
 
 def preprocess_of(ds: DatasetSettings) -> Preprocess:
-    """What inference needs to prepare an image as this data set's evaluation split is (stored in checkpoints)."""
-    return Preprocess(ds.img_size, ds.eval_resize, tuple(ds.mean), tuple(ds.std))
+    """What inference needs to prepare an image as this data set's evaluation split is (stored in checkpoints):
+    the dataset's keys, their nulls filled from the backbone's pretrained config when the settings were read
+    (``dataset.preprocess_from``, see config/dataset.py)."""
+    unset = [k for k in PREPROCESS_KEYS if getattr(ds, k) is None]
+    if unset:
+        raise ConfigError(f"dataset keys {', '.join(f'dataset.{k}' for k in unset)} are null (= the backbone's "
+                          "pretrained config), but no backbone is known here; set them, or use a checkpoint's "
+                          "preprocessing")
+    return Preprocess(ds.img_size, ds.eval_resize, tuple(ds.mean), tuple(ds.std), ds.interpolation)
 
 
 class MedImageDataModule(L.LightningDataModule):
     """Builds train/val/test loaders from the ``dataset`` settings; medimg's own files go to ``work_dir``.
 
     ``train_seed`` fixes the order and augmentation of every training epoch (see data/sampling.py).
+    ``preprocess`` (a trained model's, for evaluation) replaces the data set's size, resampling and
+    normalisation; by default they are the data set's (``preprocess_of``).
     """
 
-    def __init__(self, ds: DatasetSettings, work_dir: str | Path, pin_memory: bool, train_seed: int):
+    def __init__(self, ds: DatasetSettings, work_dir: str | Path, pin_memory: bool, train_seed: int,
+                 preprocess: Preprocess | None = None):
         super().__init__()
         self.ds = ds
+        self.preprocess = preprocess or preprocess_of(ds)
         self.work_dir = Path(work_dir)
         self.pin_memory = pin_memory
         self.train_seed = int(train_seed)
@@ -99,7 +110,7 @@ class MedImageDataModule(L.LightningDataModule):
         return ImageLimits(self.ds.max_image_pixels, self.ds.max_aspect_ratio, key_prefix="dataset.")
 
     def _cache_side(self) -> int:
-        return int(round(self.ds.img_size * self.ds.cache_size))
+        return int(round(self.preprocess.img_size * self.ds.cache_size))
 
     def _drop_bad_files(self, df: pd.DataFrame) -> pd.DataFrame:
         bad = find_bad_images(df["path"].tolist(), self.work_dir / "medimg_scan.json", limits=self.limits,
@@ -118,10 +129,11 @@ class MedImageDataModule(L.LightningDataModule):
         if self.table is not None:
             return
         self.table = self.load_table()
-        ds = self.ds
-        train_tf = train_transform(ds.img_size, ds.crop_scale, ds.mean, ds.std, augment=ds.augment, hflip=ds.hflip,
-                                   vflip=ds.vflip, rotation=ds.rotation, color_jitter=ds.color_jitter)
-        self.eval_tf = eval_transform(ds.img_size, ds.eval_resize, ds.mean, ds.std)
+        ds, pre = self.ds, self.preprocess
+        train_tf = train_transform(pre.img_size, ds.crop_scale, pre.mean, pre.std, augment=ds.augment,
+                                   hflip=ds.hflip, vflip=ds.vflip, rotation=ds.rotation,
+                                   color_jitter=ds.color_jitter, interpolation=pre.interpolation)
+        self.eval_tf = pre.transform()
         self.reader = self._image_cache() if ds.cache else functools.partial(read_image, limits=self.limits)
         for split, tf in (("train", train_tf), ("val", self.eval_tf), ("test", self.eval_tf)):
             self.datasets[split] = ImageDataset(self.split_table(split), self.class_names, tf, reader=self.reader)
@@ -131,9 +143,10 @@ class MedImageDataModule(L.LightningDataModule):
     def _image_cache(self) -> ImageCache:
         """dataset.cache=true: every image decoded and shrunk once into a memory-mapped file (see data/cache.py)."""
         ds = self.ds
-        if ds.eval_resize > ds.cache_size:
-            log.warning("dataset.eval_resize=%s exceeds dataset.cache_size=%s: eval images are upsampled from "
-                        "the cache", ds.eval_resize, ds.cache_size)
+        if self.preprocess.resize > ds.cache_size:
+            log.warning("eval resize %s (dataset.eval_resize or 1 / the backbone's crop fraction) exceeds "
+                        "dataset.cache_size=%s: eval images are upsampled from the cache",
+                        self.preprocess.resize, ds.cache_size)
         return build_cache(self.table["path"].tolist(), self.work_dir / "cache", self._cache_side(), self.limits,
                            workers=os.cpu_count() or 1)
 
@@ -156,7 +169,9 @@ class MedImageDataModule(L.LightningDataModule):
         evaluation: every item once, in order (each rank its share under DDP). Loader workers persist across
         epochs; ``in_memory`` data needs none."""
         ds = self.ds
-        sampler = EpochSampler(len(dataset), self.train_seed, epoch) if train else eval_sampler(dataset)
+        weights = balanced_weights(dataset.targets) if train and ds.sampling == "balanced" else None
+        sampler = EpochSampler(len(dataset), self.train_seed, epoch, weights=weights) if train \
+            else eval_sampler(dataset)
         return self._loader(dataset, ds.batch_size if train else ds.eval_batch_size, sampler,
                             workers=0 if in_memory else ds.num_workers, persistent=True)
 

@@ -42,11 +42,19 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-class EpochSampler(Sampler):
-    """Yields ``(row, seed)`` pairs: a shuffled (or ordered) pass over ``n`` rows for the current epoch."""
+def balanced_weights(targets: torch.Tensor) -> torch.Tensor:
+    """Draw probabilities that make every class equally likely (1 / the class's count for each row)."""
+    counts = torch.bincount(targets)
+    return 1.0 / counts[targets].double()
 
-    def __init__(self, n: int, seed: int, epoch: int, shuffle: bool = True):
+
+class EpochSampler(Sampler):
+    """Yields ``(row, seed)`` pairs: a shuffled (or ordered, or class-balanced) pass over ``n`` rows for the
+    current epoch."""
+
+    def __init__(self, n: int, seed: int, epoch: int, shuffle: bool = True, weights: torch.Tensor | None = None):
         self.n, self.seed, self.shuffle = int(n), int(seed), shuffle
+        self.weights = weights  # per-row draw probabilities (balanced sampling, with replacement), or None
         self.rank, self.world = _rank_and_world()
         self.epoch = int(epoch)  # the fit's current epoch: a resumed fit may iterate before calling set_epoch
 
@@ -58,7 +66,10 @@ class EpochSampler(Sampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed(derive_seed(self.seed, "epoch", self.epoch))
-        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+        else:
+            order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
         total = len(self) * self.world
         if total > self.n:  # pad so that every rank gets the same number of items
             order = torch.cat([order, order[: total - self.n]])

@@ -20,37 +20,46 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass(frozen=True)
 class Preprocess:
     """How an image is prepared for the network at evaluation and inference time (stored in checkpoints):
-    resize the shorter side to ``img_size * resize``, center-crop ``img_size``, scale to [0, 1], normalise."""
+    resize the shorter side to ``img_size * resize`` with ``interpolation``, center-crop ``img_size``, scale to
+    [0, 1], normalise. By default the backbone's pretrained config gives every value (1/resize is its crop
+    fraction); the data set's keys override them (see datamodule.preprocess_of)."""
 
     img_size: int
     resize: float
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    interpolation: str
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        # checkpoints written before the interpolation was stored were resized with torchvision's bilinear
+        interpolation = str(d["interpolation"]) if "interpolation" in d else "bilinear"
         return cls(int(d["img_size"]), float(d["resize"]), tuple(float(v) for v in d["mean"]),
-                   tuple(float(v) for v in d["std"]))
+                   tuple(float(v) for v in d["std"]), interpolation)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     def transform(self) -> v2.Compose:
-        return eval_transform(self.img_size, self.resize, self.mean, self.std)
+        return eval_transform(self.img_size, self.resize, self.mean, self.std, self.interpolation)
 
 
 def train_transform(img_size: int, crop_scale: Sequence[float], mean: Sequence[float], std: Sequence[float],
-                    augment: bool, hflip: float, vflip: float, rotation: float, color_jitter: float) -> v2.Compose:
+                    augment: bool, hflip: float, vflip: float, rotation: float, color_jitter: float,
+                    interpolation: str = "bilinear") -> v2.Compose:
     """The seed recipe: RandomResizedCrop, h/v flips, RandomRotation(15), ColorJitter, ImageNet normalisation.
 
     Geometry runs on uint8 (the crop on the tensor, the rotation through PIL, nearest neighbour as torchvision's
     default); colour jitter is one colour matrix per image fused with normalisation (see color_jitter.py):
     ~1.2 ms per 224 px image on one core against ~5.9 ms for the same steps with torchvision's ColorJitter and
-    tensor rotation (benchmarks/loader_cache.py). A probability or strength of 0 leaves that step out.
+    tensor rotation (benchmarks/loader_cache.py). A probability or strength of 0 leaves that step out. The crop
+    is resampled with ``interpolation`` (the backbone's: bilinear, bicubic or nearest).
     """
     if not augment:
-        return eval_transform(img_size, 1.0, mean, std)
-    steps: list = [v2.ToImage(), v2.RandomResizedCrop(img_size, scale=tuple(crop_scale), antialias=True)]
+        return eval_transform(img_size, 1.0, mean, std, interpolation)
+    steps: list = [v2.ToImage(), v2.RandomResizedCrop(img_size, scale=tuple(crop_scale),
+                                                      interpolation=interpolation_mode(interpolation),
+                                                      antialias=True)]
     if hflip:
         steps.append(v2.RandomHorizontalFlip(hflip))
     if vflip:
@@ -80,12 +89,23 @@ class RandomRotationU8(torch.nn.Module):
         return f"degrees={self.degrees}"
 
 
-def eval_transform(img_size: int, resize: float, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """Resize the shorter side to img_size*resize, center-crop img_size, normalise."""
+def eval_transform(img_size: int, resize: float, mean: Sequence[float], std: Sequence[float],
+                   interpolation: str = "bilinear") -> v2.Compose:
+    """Resize the shorter side to img_size*resize (with ``interpolation``), center-crop img_size, normalise."""
     return v2.Compose([
         v2.ToImage(),
-        v2.Resize(int(round(img_size * resize)), antialias=True),
+        v2.Resize(int(round(img_size * resize)), interpolation=interpolation_mode(interpolation), antialias=True),
         v2.CenterCrop(img_size),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean=list(mean), std=list(std)),
     ])
+
+
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # the resampling filters of torchvision's tensor resize
+
+
+def interpolation_mode(name: str) -> v2.InterpolationMode:
+    """``bilinear`` | ``bicubic`` | ``nearest`` (timm's names) as torchvision's InterpolationMode."""
+    if name not in INTERPOLATIONS:
+        raise ValueError(f"interpolation {name!r} is not one of {', '.join(INTERPOLATIONS)}")
+    return v2.InterpolationMode(name)

@@ -27,7 +27,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     pre = trained.preprocess
     if pre.img_size != x.dataset.img_size:
         print(f"note: the model takes {pre.img_size} px inputs, the data set is drawn at {x.dataset.img_size} px")
-    dm = MedImageDataModule(x.dataset, work_dir(x.dataset, x.paths.cache_dir), False, x.seed)
+    dm = MedImageDataModule(x.dataset, work_dir(x.dataset, x.paths.cache_dir), False, x.seed, pre)
     images, masks, labels, _ = load_masked_split(dm, pre, x.split, x.max_images, x.seed)
     report = sanity_report(
         trained.model, images, masks, labels, layers=list(x.layers or [None]), methods=list(x.methods),

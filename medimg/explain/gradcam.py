@@ -23,7 +23,7 @@ from torch import nn
 
 from medimg.errors import ConfigError
 from medimg.files import save_figure
-from medimg.models.backbones import spec_of
+from medimg.models.backbones import BackboneInfo, backbone_info
 
 METHODS = {
     "gradcam": GradCAM,
@@ -34,28 +34,37 @@ METHODS = {
 }
 
 
-def default_layer_name(backbone: str) -> str:
-    """The layer Grad-CAM explains by default for ``backbone`` (its last convolutional stage)."""
-    return spec_of(backbone).gradcam_layer
-
-
 def _network(model: nn.Module) -> nn.Module:
-    """The torchvision network inside an ImageClassifier (``model.net``), or the module itself."""
+    """The network inside an ImageClassifier (``model.net``), or the module itself."""
     net = getattr(model, "net", None)
     return net if isinstance(net, nn.Module) else model
 
 
-def resolve_layer(model: nn.Module, layer: str | nn.Module | None = None) -> nn.Module:
+def backbone_of(model: nn.Module) -> BackboneInfo | None:
+    """The BackboneInfo of an ImageClassifier (None for another module)."""
+    hparams = getattr(model, "hparams", None)
+    backbone = hparams.get("backbone") if hparams is not None else None
+    return backbone_info(backbone) if backbone else None
+
+
+def default_layer_of(model: nn.Module, img_size: int | None = None) -> str:
+    """The name of the layer Grad-CAM explains by default in ``model`` (an ImageClassifier) at ``img_size`` px."""
+    info = backbone_of(model)
+    if info is None:
+        raise ConfigError(f"a {type(model).__name__} has no default Grad-CAM layer: name one")
+    return info.cam_layer(img_size)
+
+
+def resolve_layer(model: nn.Module, layer: str | nn.Module | None = None, img_size: int | None = None) -> nn.Module:
     """The module named by ``layer`` inside the network (dotted path, e.g. ``layer4``, ``layer4.1``,
-    ``layer3.-1``); None picks the backbone's default. A stage (an ``nn.Sequential`` of blocks) resolves to
-    its last block, whose output is the stage's output."""
+    ``layer3.-1``, ``stages.2``, ``blocks.11.norm1``); None picks the backbone's default for ``img_size`` px
+    inputs (the deepest stage when the size is not given). A stage (an ``nn.Sequential`` of blocks) resolves
+    to its last block, whose output is the stage's output."""
     if isinstance(layer, nn.Module):
         return layer
-    net = _network(model)
+    net, info = _network(model), backbone_of(model)
     if layer is None:
-        hparams = getattr(model, "hparams", None)
-        backbone = hparams.get("backbone") if hparams is not None else None
-        layer = default_layer_name(backbone) if backbone else "layer4"
+        layer = info.cam_layer(img_size) if info else "layer4"
     module: nn.Module = net
     for part in str(layer).split("."):
         children = dict(module.named_children())
@@ -66,9 +75,10 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module | None = None) -> nn.
             except IndexError:
                 pass
         if part not in children:
+            stages = f"; the stages of {info.name}: {[p for p, _ in info.stages]}" if info else ""
             raise ConfigError(
                 f"gradcam layer {layer!r}: {part!r} is not a child of {type(module).__name__} "
-                f"(children: {sorted(children)}); use a dotted path such as layer4, layer4.1 or layer3"
+                f"(children: {sorted(children)}){stages}; use a dotted path such as layer4, layer4.1 or layer3"
             )
         module = children[part]
     if isinstance(module, nn.Sequential) and len(module) > 0:
@@ -115,7 +125,9 @@ def compute_cams(
         raise ConfigError(f"unknown gradcam.method={method!r}; choose one of {sorted(METHODS)}")
     if images.ndim != 4:
         raise ValueError(f"compute_cams expects a batch (B, C, H, W), got shape {tuple(images.shape)}")
-    target_layer = resolve_layer(model, layer)
+    target_layer = resolve_layer(model, layer, img_size=int(images.shape[-1]))
+    info = backbone_of(model)
+    reshape = info.reshape_transform() if info else None
     device = next(model.parameters()).device
     with preserved_state(model), gradients_enabled(), torch.autocast(device.type, enabled=False):
         for p in model.parameters():  # gradients reach the layer through the input, never the weights
@@ -123,7 +135,8 @@ def compute_cams(
         x = images.detach().clone().to(device=device, dtype=torch.float32)  # a normal tensor, not an inference one
         x.requires_grad_(True)
         cam_targets = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
-        with _quiet_progress(method), METHODS[method](model=model, target_layers=[target_layer]) as cam:
+        with _quiet_progress(method), METHODS[method](model=model, target_layers=[target_layer],
+                                                      reshape_transform=reshape) as cam:
             if method == "scorecam":
                 cam.batch_size = 64
             out = cam(input_tensor=x, targets=cam_targets, aug_smooth=aug_smooth)

@@ -29,7 +29,14 @@ from medimg.data.synthetic import mask_path
 from medimg.data.transforms import Preprocess
 from medimg.errors import DataError, MissingDataError
 from medimg.explain.faithfulness import DEFAULT_PERCENTILES, road_scores
-from medimg.explain.gradcam import compute_cams, denormalise, overlay, resolve_layer
+from medimg.explain.gradcam import (
+    backbone_of,
+    compute_cams,
+    default_layer_of,
+    denormalise,
+    overlay,
+    resolve_layer,
+)
 from medimg.explain.localisation import localisation_scores
 from medimg.files import save_figure
 
@@ -90,11 +97,13 @@ def _predict(model, images, batch_size) -> np.ndarray:
                                for i in range(0, len(images), batch_size)])
 
 
-def feature_size(model: nn.Module, layer: str, img_size: int) -> tuple[int, int]:
-    """Height and width of ``layer``'s output for a square input of ``img_size``."""
+def feature_size(model: nn.Module, layer: str | None, img_size: int) -> tuple[int, int]:
+    """Height and width of the map Grad-CAM gets from ``layer`` (None: the default) for an ``img_size`` input."""
     shape: list[int] = []
-    module = resolve_layer(model, layer)
-    handle = module.register_forward_hook(lambda _m, _i, o: shape.extend(o.shape[-2:]))
+    module = resolve_layer(model, layer, img_size)
+    info = backbone_of(model)
+    reshape = (info.reshape_transform() if info else None) or (lambda o: o)
+    handle = module.register_forward_hook(lambda _m, _i, o: shape.extend(reshape(o).shape[-2:]))
     try:
         with torch.no_grad():
             model(torch.zeros(1, 3, img_size, img_size, device=next(model.parameters()).device))
@@ -108,7 +117,7 @@ def sanity_report(
     images: torch.Tensor,
     masks: np.ndarray,
     labels: Sequence[int],
-    layers: Sequence[str | None] = ("layer4", "layer3"),
+    layers: Sequence[str | None] = (None,),
     methods: Sequence[str] = ("gradcam", "gradcam++"),
     target: str = "label",
     tolerance: int = 0,
@@ -119,7 +128,8 @@ def sanity_report(
 ) -> dict[str, Any]:
     """For every method and layer: localisation of the trained and of the randomised model, and ROAD of
     both maps on the trained model. ``target``: explain the true class (``label``) or each model's own
-    prediction (``predicted``). The maps themselves are kept under ``report["_cams"][(method, layer)]``."""
+    prediction (``predicted``). A layer None is the backbone's default for the images' size (reported by
+    name, with ``default: true``). The maps themselves are kept under ``report["_cams"][(method, layer)]``."""
     if target not in ("label", "predicted"):
         raise ValueError(f"target={target!r}: choose label or predicted")
     model.eval()
@@ -132,10 +142,11 @@ def sanity_report(
     }
     n_road = min(int(road_images), len(images))
     for method in methods:
-        for layer in layers:
+        for asked in layers:
+            layer = asked or default_layer_of(model, int(images.shape[-1]))
             fs = feature_size(model, layer, images.shape[-1])
-            entry: dict[str, Any] = {"method": method, "layer": layer, "feature_size": list(fs),
-                                     "resolution_ceiling": resolution_ceiling(masks, fs)}
+            entry: dict[str, Any] = {"method": method, "layer": layer, "default": asked is None,
+                                     "feature_size": list(fs), "resolution_ceiling": resolution_ceiling(masks, fs)}
             cams = {}
             for name, m, own in (("trained", model, preds), ("randomised", rand, rand_preds)):
                 tg = list(labels) if target == "label" else own.tolist()
@@ -165,16 +176,17 @@ def resolution_ceiling(masks: np.ndarray, feature_hw: Sequence[int]) -> float:
 
 
 def format_report(report: dict[str, Any]) -> str:
+    w = max([7, *(len(str(e["layer"])) for e in report["maps"])])
     lines = [f"Grad-CAM sanity check (target={report['target']}, pointing tolerance {report['tolerance_px']} px): "
              f"{report['n_images']} images at {report['img_size']} px, model accuracy {report['accuracy']:.3f}",
-             f"{'method':<10} {'layer':<7} {'map':>5} {'ceil':>5} {'model':<10} {'pointing':>8} {'energy':>7} "
+             f"{'method':<10} {'layer':<{w}} {'map':>5} {'ceil':>5} {'model':<10} {'pointing':>8} {'energy':>7} "
              f"{'chance':>6} {'empty':>5} {'ROAD':>7} {'MoRF':>7} {'LeRF':>7}"]
     for e in report["maps"]:
         fs = "x".join(str(v) for v in e["feature_size"])
         for name in ("trained", "randomised"):
             s, r = e[name], (e.get("road") or {}).get(f"{name}_map")
             road = f"{r['combined']:7.3f} {r['morf']:7.3f} {r['lerf']:7.3f}" if r else ""
-            lines.append(f"{e['method']:<10} {str(e['layer']):<7} {fs:>5} {e['resolution_ceiling']:5.2f} {name:<10} "
+            lines.append(f"{e['method']:<10} {str(e['layer']):<{w}} {fs:>5} {e['resolution_ceiling']:5.2f} {name:<10} "
                          f"{s['pointing_game']:8.3f} {_f(s['energy_in_mask'])} {s['chance']:6.3f} "
                          f"{s['empty_cams']:5d} {road}")
     lines.append("ceil: best pointing game a map of that size can reach; chance: mean mask area (a uniform map's "

@@ -1,124 +1,226 @@
-"""Backbones: a name -> torchvision network with a new head, plus its blocks, head and Grad-CAM layer.
+"""Backbones: a name -> a timm network with a new head, plus what medimg needs to know about it.
 
-Pretrained weights come through torchvision's own cache (``$TORCH_HOME/hub/checkpoints``), so a file
-placed there is used without network access. ``check_weights`` finds out before any data work whether
-the weights a run asks for can be had.
+Every backbone is a timm model (``timm.create_model``): ``resnet18`` and ``resnet50`` are names for timm's
+``resnet18.tv_in1k`` and ``resnet50.tv2_in1k`` (torchvision's ResNets and ImageNet weights: the same
+architecture, parameter names and files as torchvision), any other name is timm's (``efficientnet_b0``,
+``convnext_tiny``, ``vit_small_patch16_224.augreg_in21k_ft_in1k``, ...). ``BackboneInfo`` describes a
+network from its own structure: its blocks (timm's ``group_matcher``, see blocks.py), its classification head,
+feature size, stages (``feature_info``) and the layer Grad-CAM explains by default for an input size.
+``check_weights`` finds out before any data work whether the weights a run asks for can be had (weights.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import urllib.error
-from collections.abc import Iterator
+import difflib
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-import torchvision.models as tvm
 from torch import nn
 
-from medimg.errors import ConfigError, UserError
-from medimg.files import read_torch
+from medimg.errors import ConfigError
+from medimg.models.blocks import Block, network_blocks
+from medimg.models.weights import WeightsUnavailableError, fitted, pretrained_state_dict, read_state_dict
+
+__all__ = ["WeightsUnavailableError", "BackboneInfo", "backbone_info", "build_backbone", "check_weights",
+           "blocks_of", "head_of", "head_removed", "pretrained_preprocess", "timm_name"]
+
+ALIASES = {"resnet18": "resnet18.tv_in1k", "resnet50": "resnet50.tv2_in1k"}  # torchvision's ImageNet weights
+# torchvision's ResNets start (random init) exactly as torchvision builds them, bit for bit: its 1000-class
+# classifier drawn before the convolutions, no zero-initialised last BatchNorm in a block
+TORCHVISION_INIT = {name: {"num_classes": 1000, "zero_init_last": False} for name in ALIASES.values()}
+MIN_CAM_SIDE = 6  # the default Grad-CAM stage of a CNN is the deepest whose map is at least this many cells wide
+CONF_BACKBONES = Path(__file__).resolve().parents[2] / "conf" / "backbone"
+
+
+def timm_name(name: str) -> str:
+    """The timm model name (with its pretrained tag) that backbone ``name`` stands for."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    model_name = ALIASES.get(name, name)
+    if not timm.is_model(model_name):
+        configured = sorted(p.stem for p in CONF_BACKBONES.glob("*.yaml") if p.stem != "timm")
+        close = difflib.get_close_matches(model_name, timm.list_models(), n=5, cutoff=0.6)
+        raise ConfigError(f"unknown backbone {name!r}; choose one of {configured} (backbone=<name>), or any timm "
+                          f"model (backbone=timm backbone.name=<name>, see timm.list_models())"
+                          + (f"; close timm names: {close}" if close else ""))
+    try:
+        get_pretrained_cfg(model_name)
+    except RuntimeError:  # an unknown pretrained tag
+        arch = model_name.split(".")[0]
+        raise ConfigError(f"backbone {name!r}: timm knows no pretrained tag {model_name.partition('.')[2]!r} for "
+                          f"{arch}; choose one of {timm.list_pretrained(arch + '.*')}") from None
+    return model_name
+
+
+def pretrained_cfg_of(name: str) -> dict[str, Any]:
+    """timm's pretrained config of backbone ``name`` (input size, mean, std, interpolation, crop, weights)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(timm_name(name))
+    return cfg.to_dict() if cfg is not None else {}
+
+
+def pretrained_preprocess(name: str) -> dict[str, Any]:
+    """The preprocessing backbone ``name`` was pretrained with, under the dataset's key names:
+    ``img_size``, ``eval_resize`` (1 / crop fraction), ``interpolation``, ``mean``, ``std``."""
+    from timm.data import resolve_data_config
+
+    d = resolve_data_config({}, pretrained_cfg=pretrained_cfg_of(name))
+    return {"img_size": int(d["input_size"][-1]), "eval_resize": round(1.0 / float(d["crop_pct"]), 6),
+            "interpolation": str(d["interpolation"]), "mean": [float(v) for v in d["mean"]],
+            "std": [float(v) for v in d["std"]]}
 
 
 @dataclass(frozen=True)
-class BackboneSpec:
-    builder: object
-    weights: object          # torchvision WeightsEnum class
-    blocks: tuple[str, ...]  # child modules in forward order (the head excluded)
-    head: str                # the classification layer, replaced by Dropout + Linear(num_classes)
-    gradcam_layer: str       # module whose output Grad-CAM explains by default
+class BackboneInfo:
+    """What medimg needs to know about a built network, read from its own structure."""
+
+    name: str                            # the backbone's name in the config
+    model_name: str                      # timm's name, with its pretrained tag
+    blocks: tuple[Block, ...]            # trainable groups in forward order, the head left out
+    head: str                            # module path of the classification head
+    feature_dim: int                     # size of the pooled features the head reads
+    stages: tuple[tuple[str, int], ...]  # (module path, stride) of each stage's output (timm's feature_info)
+    prefix_tokens: int | None            # a ViT: tokens before the patch grid (cls, registers); None: feature maps
+    maps_last: bool                      # stage outputs are (B, H, W, C) (e.g. Swin), not (B, C, H, W)
+
+    @property
+    def block_names(self) -> list[str]:
+        return [b.name for b in self.blocks]
+
+    def block(self, name: str) -> Block:
+        for b in self.blocks:
+            if b.name == name:
+                return b
+        raise ConfigError(f"{name!r} is not a block of backbone {self.name}; choose from {self.block_names}")
+
+    def cam_layer(self, img_size: int | None = None) -> str:
+        """The layer Grad-CAM explains by default: a ViT's last block's norm; a CNN's deepest stage whose map is
+        at least MIN_CAM_SIDE cells wide at ``img_size`` (the deepest stage when the size is not known)."""
+        if self.prefix_tokens is not None:
+            return f"{self.stages[-1][0]}.norm1"
+        if img_size is None:
+            return self.stages[-1][0]
+        fine = [path for path, stride in self.stages if img_size // stride >= MIN_CAM_SIDE]
+        return fine[-1] if fine else self.stages[0][0]
+
+    def reshape_transform(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """What turns a target layer's output into (B, C, H, W) maps for pytorch-grad-cam (None: it already is)."""
+        if self.prefix_tokens is not None:
+            return functools.partial(tokens_to_maps, prefix=self.prefix_tokens)
+        return channels_first if self.maps_last else None
 
 
-_RESNET_BLOCKS = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
-BACKBONES: dict[str, BackboneSpec] = {
-    "resnet18": BackboneSpec(tvm.resnet18, tvm.ResNet18_Weights, _RESNET_BLOCKS, "fc", "layer4"),
-    "resnet50": BackboneSpec(tvm.resnet50, tvm.ResNet50_Weights, _RESNET_BLOCKS, "fc", "layer4"),
-}
+def tokens_to_maps(tokens: torch.Tensor, prefix: int) -> torch.Tensor:
+    """ViT tokens (B, prefix + h*w, C) -> (B, C, h, w) maps of the patch grid (pytorch-grad-cam's vit_example)."""
+    grid = tokens[:, prefix:, :]
+    side = int(round(grid.shape[1] ** 0.5))
+    if side * side != grid.shape[1]:
+        raise ValueError(f"{grid.shape[1]} patch tokens do not form a square grid; explain a square input")
+    return grid.reshape(grid.shape[0], side, side, grid.shape[2]).permute(0, 3, 1, 2)
 
 
-class WeightsUnavailableError(UserError, RuntimeError):
-    """Pretrained weights that cannot be downloaded or read, or do not fit the network."""
+def channels_first(maps: torch.Tensor) -> torch.Tensor:
+    return maps.permute(0, 3, 1, 2)
 
 
-def spec_of(name: str) -> BackboneSpec:
-    if name not in BACKBONES:
-        raise ConfigError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)} (backbone=<name>)")
-    return BACKBONES[name]
+def describe(net: nn.Module, name: str) -> BackboneInfo:
+    """The BackboneInfo of a timm network ``net`` built for backbone ``name``."""
+    head = _head_path(net, name)
+    classifier = net.get_submodule(head)
+    linear = classifier if isinstance(classifier, nn.Linear) else classifier[-1]
+    info = getattr(net, "feature_info", None) or []
+    stages = tuple((f["module"], int(f["reduction"])) for f in info)
+    if not stages:
+        raise ConfigError(f"timm model {name} does not describe its stages (feature_info); it is not supported")
+    is_vit = hasattr(net, "num_prefix_tokens") and hasattr(net, "blocks") and hasattr(net.blocks[-1], "norm1")
+    return BackboneInfo(name=name, model_name=timm_name(name), blocks=network_blocks(net, head), head=head,
+                        feature_dim=int(linear.in_features), stages=stages,
+                        prefix_tokens=int(net.num_prefix_tokens) if is_vit else None,
+                        maps_last=getattr(net, "output_fmt", "NCHW") == "NHWC")
 
 
-def _imagenet_state_dict(name: str, which: str) -> dict[str, torch.Tensor]:
-    enum = spec_of(name).weights
-    w = enum.DEFAULT if which == "imagenet" else enum[which]
-    hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
+def _head_path(net: nn.Module, name: str) -> str:
+    classifier = net.get_classifier()
+    for path, module in net.named_modules():
+        if module is classifier and path:
+            return path
+    raise ConfigError(f"timm model {name} has no single classification layer (get_classifier() gave "
+                      f"{type(classifier).__name__}); it is not supported")
+
+
+@functools.cache
+def backbone_info(name: str) -> BackboneInfo:
+    """The BackboneInfo of backbone ``name`` (from a network built without memory, on the meta device)."""
     try:
-        return w.get_state_dict(progress=False, check_hash=True)
-    except (urllib.error.URLError, OSError, RuntimeError) as e:
-        raise WeightsUnavailableError(
-            f"could not load ImageNet weights for {name} ({w.url}): {e}.\n"
-            f"Offline? Put the file {Path(w.url).name} into {hub_dir} (torchvision's cache, set by TORCH_HOME), "
-            f"or train without them: backbone.weights=null (random init) or backbone.weights=/path/to/state_dict.pth"
-        ) from e
+        with torch.device("meta"):
+            net = _create(timm_name(name), 2, None)
+    except (RuntimeError, NotImplementedError):  # an initialiser that needs real tensors
+        net = _create(timm_name(name), 2, None)
+    return describe(net, name)
 
 
-def _local_state_dict(path: str) -> dict[str, torch.Tensor]:
-    if not Path(path).expanduser().is_file():
-        raise WeightsUnavailableError(f"backbone.weights={path!r} is neither 'imagenet', null nor an existing file")
-    sd = read_torch(path, WeightsUnavailableError, "weights file")
-    if isinstance(sd, dict) and "state_dict" in sd:  # a Lightning checkpoint: take the network's weights
-        sd = {k.removeprefix("net."): v for k, v in sd["state_dict"].items() if k.startswith("net.")}
-    return sd
+def _create(model_name: str, num_classes: int, img_size: int | None) -> nn.Module:
+    import timm
+
+    size = {}
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    if img_size and cfg is not None and cfg.fixed_input_size:
+        size["img_size"] = int(img_size)  # a ViT's position embedding is built for its input size
+    kwargs = {"num_classes": num_classes, **size, **TORCHVISION_INIT.get(model_name, {})}
+    return timm.create_model(model_name, pretrained=False, **kwargs)
 
 
-def pretrained_state_dict(name: str, weights: str) -> dict[str, torch.Tensor]:
-    """The state dict that ``backbone.weights`` names (``imagenet``, a torchvision weights name, or a file)."""
-    if weights == "imagenet" or weights.startswith("IMAGENET1K"):
-        return _imagenet_state_dict(name, weights)
-    return _local_state_dict(weights)
-
-
-def check_weights(name: str, weights: str | None) -> None:
-    """Fail now, before data work, when ``weights`` cannot be had (downloads ImageNet weights into the cache)."""
-    spec_of(name)
+def build_backbone(name: str, num_classes: int, weights: str | None = None, dropout: float = 0.0,
+                   img_size: int | None = None) -> nn.Module:
+    """timm's ``name`` for ``img_size`` inputs with ``weights`` loaded (``imagenet``: its pretrained tag's, or a
+    file) and its classification layer replaced by Dropout + Linear(num_classes)."""
+    info = backbone_info(name)
+    net = _create(info.model_name, num_classes, img_size)
     if weights:
-        pretrained_state_dict(name, weights)
-
-
-def build_backbone(name: str, num_classes: int, weights: str | None = None, dropout: float = 0.0) -> nn.Module:
-    """torchvision ``name`` with ``weights`` loaded and its head replaced by Dropout + Linear(num_classes)."""
-    spec = spec_of(name)
-    net = spec.builder(weights=None)
-    if weights:
-        sd = {k: v for k, v in pretrained_state_dict(name, weights).items() if not k.startswith(spec.head + ".")}
-        try:
-            missing, unexpected = net.load_state_dict(sd, strict=False)
-        except RuntimeError as e:  # shape mismatches
-            raise WeightsUnavailableError(f"weights {weights!r} do not fit {name}: {str(e)[:500]}") from e
-        missing = [k for k in missing if not k.startswith(spec.head + ".")]
-        if missing or unexpected:
-            raise WeightsUnavailableError(
-                f"weights {weights!r} do not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
-    in_features = getattr(net, spec.head).in_features
-    setattr(net, spec.head, nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, num_classes)))
+        sd = _state_dict(name, weights)
+        net.load_state_dict(fitted(net, sd, info.head, name, weights), strict=False)
+    net.set_submodule(info.head, nn.Sequential(nn.Dropout(dropout), nn.Linear(info.feature_dim, num_classes)))
     return net
 
 
+def _state_dict(name: str, weights: str) -> dict[str, torch.Tensor]:
+    if weights == "imagenet":
+        return pretrained_state_dict(name, pretrained_cfg_of(name))
+    return read_state_dict(weights)
+
+
+def check_weights(name: str, weights: str | None) -> None:
+    """Fail now, before data work, when ``name`` is unknown or ``weights`` cannot be had or do not fit
+    (downloads pretrained weights into their cache)."""
+    info = backbone_info(name)
+    if weights:
+        with torch.device("meta"):
+            net = _create(info.model_name, 2, None)
+        fitted(net, _state_dict(name, weights), info.head, name, weights)
+
+
 def blocks_of(name: str) -> tuple[str, ...]:
-    return spec_of(name).blocks
+    return tuple(backbone_info(name).block_names)
 
 
 def head_of(name: str) -> str:
-    return spec_of(name).head
+    return backbone_info(name).head
 
 
 @contextlib.contextmanager
 def head_removed(net: nn.Module, name: str) -> Iterator[nn.Module]:
-    """Inside the block, ``net`` returns its pooled features (the input of the head)."""
-    head_name = head_of(name)
-    head = getattr(net, head_name)
-    setattr(net, head_name, nn.Identity())
+    """Inside the block, ``net`` (built for backbone ``name``) returns its pooled features (the head's input)."""
+    path = head_of(name)
+    head = net.get_submodule(path)
+    net.set_submodule(path, nn.Identity())
     try:
         yield net
     finally:
-        setattr(net, head_name, head)
+        net.set_submodule(path, head)

@@ -13,13 +13,14 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
 
 from medimg.errors import ConfigError
-from medimg.models.backbones import blocks_of, build_backbone, head_of
+from medimg.models.backbones import backbone_info, build_backbone
 from medimg.models.freezing import apply_freeze, resolve_blocks
+from medimg.models.losses import classification_loss
+from medimg.models.mixing import build_mixer
 from medimg.models.optim import build_optimizer, build_schedule
 
 
@@ -46,6 +47,7 @@ class ImageClassifier(L.LightningModule):
 
     def __init__(self, *, backbone: str, class_names: Sequence[str], weights: str | None, dropout: float,
                  class_weights: Sequence[float] | None, optim: dict[str, Any], label_smoothing: float,
+                 focal_gamma: float, mixup_alpha: float, cutmix_alpha: float, mix_prob: float,
                  channels_last: bool, nan_check_every: int, live_step_loss: bool, preprocess: dict[str, Any]):
         super().__init__()
         self.save_hyperparameters()
@@ -53,8 +55,10 @@ class ImageClassifier(L.LightningModule):
         self.num_classes = len(self.class_names)
         if self.num_classes < 2:
             raise ConfigError(f"a classifier needs at least 2 classes, got {self.class_names}")
-        self.net = build_backbone(backbone, self.num_classes, weights=weights, dropout=dropout)
-        self.blocks = blocks_of(backbone)
+        self.net = build_backbone(backbone, self.num_classes, weights=weights, dropout=dropout,
+                                  img_size=preprocess["img_size"])
+        self.arch = backbone_info(backbone)  # blocks, head, stages, Grad-CAM layer (models/backbones.py)
+        self.blocks = self.arch.block_names
         cw = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.register_buffer("class_weight", cw, persistent=False)
         self.train_metrics = _metrics(self.num_classes, "train/", validate_args=False)
@@ -62,15 +66,35 @@ class ImageClassifier(L.LightningModule):
         self.val_loss = MeanMetric()
         self.register_buffer("_nonfinite", torch.zeros((), dtype=torch.bool), persistent=False)
         self._frozen: list[torch.nn.Module] = []
+        self.mixer = build_mixer(mixup_alpha, cutmix_alpha, mix_prob, self.num_classes)
         self.set_phase("full", "all", 1e-3, 1)  # set_phase before each fit says what trains
 
     # ------------------------------------------------------------------ phases
-    def set_phase(self, name: str, train_blocks, lr: float, epochs: int) -> None:
-        """Freeze everything but ``train_blocks`` and the head; the next optimiser uses ``lr``."""
+    def set_phase(self, name: str, train_blocks, lr: float, epochs: int, total_steps: int | None = None,
+                  warmup_steps: int = 0, lr_decay: float = 1.0) -> None:
+        """Freeze everything but ``train_blocks`` and the head; the next optimiser uses ``lr`` (earlier trained
+        blocks ``lr * lr_decay**k``), warmed up over ``warmup_steps`` of the phase's ``total_steps``."""
         blocks = resolve_blocks(train_blocks, self.blocks)
-        self._frozen = apply_freeze(self.net, blocks, self.blocks, head_of(self.hparams.backbone))
-        self.phase = {"name": name, "train_blocks": blocks, "lr": float(lr), "epochs": int(epochs)}
+        self._frozen = apply_freeze(self.net, blocks, self.arch.blocks, self.arch.head)
+        self.phase = {"name": name, "train_blocks": blocks, "lr": float(lr), "epochs": int(epochs),
+                      "total_steps": int(total_steps or epochs), "warmup_steps": int(warmup_steps),
+                      "lr_decay": float(lr_decay)}
         self.train(self.training)
+
+    def block_parameters(self, name: str) -> list[torch.nn.Parameter]:
+        """The parameters of one block of the backbone (a name of ``self.blocks``)."""
+        return [self.net.get_parameter(p) for p in self.arch.block(name).params]
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Discriminative rates: the head at the phase's lr, each trained block from the last one back at
+        ``lr * lr_decay**k`` (k = 1, 2, ...); blocks are ordered as the network runs them."""
+        lr, decay = self.phase["lr"], self.phase["lr_decay"]
+        groups = [{"params": [p for p in self.head().parameters() if p.requires_grad], "lr": lr, "name": "head"}]
+        for k, block in enumerate(reversed(self.phase["train_blocks"]), start=1):
+            params = [p for p in self.block_parameters(block) if p.requires_grad]
+            if params:
+                groups.append({"params": params, "lr": lr * decay**k, "name": block})
+        return groups
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -89,7 +113,7 @@ class ImageClassifier(L.LightningModule):
         return self.net(x)
 
     def head(self) -> torch.nn.Module:
-        return getattr(self.net, head_of(self.hparams.backbone))
+        return self.net.get_submodule(self.arch.head)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """Images (NxCxHxW) through the whole network; backbone features (NxD, a feature-cached phase,
@@ -97,14 +121,18 @@ class ImageClassifier(L.LightningModule):
         return self.head()(x) if x.ndim == 2 else self(x)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The training objective: class-weighted cross-entropy with label smoothing."""
-        return F.cross_entropy(logits.float(), targets, weight=self.class_weight,
-                               label_smoothing=self.hparams.label_smoothing)
+        """The training objective: class-weighted (focal) cross-entropy with label smoothing; ``targets`` are
+        class indices or, for mixed images, class distributions (see losses.py)."""
+        hp = self.hparams
+        return classification_loss(logits, targets, self.class_weight, hp.label_smoothing, hp.focal_gamma)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
+        mixed = y
+        if self.mixer is not None and x.ndim == 4 and len(x) % 2 == 0:  # images, in even batches (timm)
+            x, mixed = self.mixer(x, y)
         logits = self._logits(x)
-        loss = self.loss(logits, y)
+        loss = self.loss(logits, mixed)
         self._nonfinite |= ~torch.isfinite(loss.detach())
         if (batch_idx + 1) % self.hparams.nan_check_every == 0:
             self._check_finite(batch_idx)
@@ -142,5 +170,5 @@ class ImageClassifier(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
-        opt = build_optimizer(self.trainable_parameters(), self.hparams.optim, self.phase["lr"])
-        return build_schedule(opt, self.hparams.optim, self.phase["epochs"])
+        opt = build_optimizer(self.parameter_groups(), self.hparams.optim)
+        return build_schedule(opt, self.hparams.optim, self.phase)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 
 from medimg.config.runtime import Runtime
 from medimg.config.schema import as_dict
@@ -14,17 +15,28 @@ from medimg.models.classifier import ImageClassifier
 from medimg.training.resume import Resume
 
 
+def classifier_of(s: TrainSettings, rt: Runtime, class_names: Sequence[str], class_weights: list[float] | None,
+                  weights: str | None) -> ImageClassifier:
+    """The classifier the settings describe, for these classes (weights: ``backbone.weights`` or None)."""
+    return ImageClassifier(
+        backbone=s.backbone.name, class_names=list(class_names), weights=weights, dropout=s.backbone.dropout,
+        class_weights=class_weights, optim=as_dict(s.optim), label_smoothing=s.model.label_smoothing,
+        focal_gamma=s.model.focal_gamma, mixup_alpha=s.model.mixup_alpha, cutmix_alpha=s.model.cutmix_alpha,
+        mix_prob=s.model.mix_prob, channels_last=rt.channels_last, nan_check_every=s.model.nan_check_every,
+        live_step_loss=rt.live_step_loss, preprocess=preprocess_of(s.dataset).to_dict(),
+    )
+
+
 def build_model(s: TrainSettings, rt: Runtime, dm: MedImageDataModule, resume: Resume | None) -> ImageClassifier:
+    if (s.model.mixup_alpha or s.model.cutmix_alpha) and len(dm.class_names) == 2:
+        raise ConfigError("model.mixup_alpha / model.cutmix_alpha are for multiclass tasks: on a binary task mixed "
+                          "labels train P(positive) towards the mixing ratio, and the operating threshold chosen on "
+                          "validation then means little; use model.label_smoothing instead")
     if resume is not None:  # the checkpoint's head must fit these classes
         check_same_classes(resume.state.get("class_names", []), dm.class_names, resume.path, s.dataset.name)
     weights = None if resume is not None else s.backbone.weights  # a resume loads the run's own weights
-    model = ImageClassifier(
-        backbone=s.backbone.name, class_names=dm.class_names, weights=weights, dropout=s.backbone.dropout,
-        class_weights=dm.class_weights().tolist() if s.dataset.class_weights else None, optim=as_dict(s.optim),
-        label_smoothing=s.model.label_smoothing, channels_last=rt.channels_last,
-        nan_check_every=s.model.nan_check_every, live_step_loss=rt.live_step_loss,
-        preprocess=preprocess_of(s.dataset).to_dict(),
-    )
+    class_weights = dm.class_weights().tolist() if s.dataset.class_weights else None
+    model = classifier_of(s, rt, dm.class_names, class_weights, weights)
     if s.model.compile:
         if rt.accelerator == "cpu" and not (shutil.which("c++") or shutil.which("g++")):
             raise ConfigError("model.compile=true on the CPU needs a C++ compiler for torch.compile's generated "

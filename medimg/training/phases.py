@@ -17,12 +17,14 @@ from medimg.config.runtime import Runtime
 from medimg.config.training import PhaseSettings, TrainSettings
 from medimg.data.datamodule import MedImageDataModule
 from medimg.data.sampling import derive_seed
-from medimg.errors import ConfigError
 from medimg.models.classifier import ImageClassifier
+from medimg.training.budget import phase_budget, world_size
+from medimg.training.convex_head import fit_convex_head
 from medimg.training.features import FeatureDataModule
+from medimg.training.lr_find import find_lr, resume_state_lr
 from medimg.training.phase_book import PhaseBook
 from medimg.training.resume import Resume
-from medimg.training.trainer import build_phase_trainer, phase_epochs
+from medimg.training.trainer import build_phase_trainer, is_rank_zero
 
 log = logging.getLogger("medimg.train")
 
@@ -35,15 +37,33 @@ def load_weights(model: ImageClassifier, ckpt_path: str | Path) -> None:
 def phase_data(name: str, ph: PhaseSettings, model: ImageClassifier,
                dm: MedImageDataModule) -> MedImageDataModule | FeatureDataModule:
     """The images, or (``feature_cache: true`` on a frozen backbone) backbone features computed once."""
-    if not ph.feature_cache:
+    if not ph.feature_cache:  # (a feature cache on trained blocks is refused before any data work)
         return dm
-    if model.phase["train_blocks"]:
-        raise ConfigError(f"stage.phases.{name}.feature_cache=true needs a frozen backbone, but the phase trains "
-                          f"{model.phase['train_blocks']}; set stage.phases.{name}.train_blocks=[] or "
-                          f"stage.phases.{name}.feature_cache=false")
     log.info("phase %r trains the head on backbone features computed once (no augmentation; "
              "stage.phases.%s.feature_cache=false trains it on augmented images)", name, name)
     return FeatureDataModule(dm)
+
+
+def fit_phase(s: TrainSettings, rt: Runtime, model: ImageClassifier, dm: MedImageDataModule, run_dir: Path,
+              book: PhaseBook, name: str, ph: PhaseSettings, resume_from: Path | None) -> None:
+    """One phase trained by a Lightning fit (images, or cached features with ``head_fit: epochs``)."""
+    budget = phase_budget(ph, len(dm.datasets["train"]), s.dataset.batch_size, s.trainer,
+                          world_size(s.trainer, rt.accelerator))
+    data = phase_data(name, ph, model, dm)
+    lr = ph.lr
+    if lr == "find":
+        lr = resume_state_lr(resume_from) if resume_from else find_lr(rt, model, data, name, ph, run_dir)
+    model.set_phase(name, ph.train_blocks, lr, budget.epochs, budget.total_steps, ph.warmup_steps, ph.lr_decay)
+    n_train = sum(p.numel() for p in model.trainable_parameters())
+    log.info("phase %r: training %s + head (%d parameters) at lr %g; %s", name,
+             model.phase["train_blocks"] or "nothing of the backbone", n_train, lr, budget.describe(ph))
+    trainer, best = build_phase_trainer(s, rt, book, name, budget.epochs, budget.patience, run_dir)
+    dm.train_seed = derive_seed(s.seed, "train", name)
+    trainer.fit(model, datamodule=data, ckpt_path=resume_from, weights_only=True)  # tensors and plain types only
+    if best.best_model_path:
+        score = best.best_model_score
+        book.finish(name, best.best_model_path, float(score) if score is not None else None)
+        load_weights(model, best.best_model_path)  # the next phase (and test) starts from the best
 
 
 def run_phases(s: TrainSettings, rt: Runtime, model: ImageClassifier, dm: MedImageDataModule, run_dir: Path,
@@ -57,19 +77,11 @@ def run_phases(s: TrainSettings, rt: Runtime, model: ImageClassifier, dm: MedIma
         if not resume.mid_phase:
             load_weights(model, resume.path)  # the best weights of the phase that ended
     for i, (name, ph) in enumerate(phases[start:], start):
-        epochs = phase_epochs(ph.epochs, s.trainer.max_epochs)
-        model.set_phase(name, ph.train_blocks, ph.lr, epochs)
-        n_train = sum(p.numel() for p in model.trainable_parameters())
-        log.info("phase %r: training %s + head (%d parameters) for up to %d epochs at lr %g",
-                 name, model.phase["train_blocks"] or "nothing of the backbone", n_train, epochs, ph.lr)
-        trainer, best = build_phase_trainer(s, rt, book, name, epochs, ph.patience, run_dir)
-        dm.train_seed = derive_seed(s.seed, "train", name)
-        fit_from = resume.path if resume is not None and resume.mid_phase and i == start else None
-        trainer.fit(model, datamodule=phase_data(name, ph, model, dm), ckpt_path=fit_from)
-        if best.best_model_path:
-            score = best.best_model_score
-            book.finish(name, best.best_model_path, float(score) if score is not None else None)
-            load_weights(model, best.best_model_path)  # the next phase (and test) starts from the best
-        if trainer.is_global_zero and s.callbacks.checkpoint.save_last:
+        if ph.feature_cache and ph.head_fit == "convex":
+            fit_convex_head(s, rt, model, dm, book, name, run_dir)
+        else:
+            resume_from = resume.path if resume is not None and resume.mid_phase and i == start else None
+            fit_phase(s, rt, model, dm, run_dir, book, name, ph, resume_from)
+        if is_rank_zero() and s.callbacks.checkpoint.save_last:
             book.save_boundary(model, run_dir / "checkpoints" / "last.ckpt")
     return book

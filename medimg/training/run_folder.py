@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from medimg.errors import ConfigError
+from medimg.files import remove_stale_temporaries
 from medimg.inference import run_dir_of
 
 RESULTS = ("metrics.json", "predictions.csv", "report.md")
@@ -42,7 +43,8 @@ def claim(run_dir: Path, resuming: bool) -> None:
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    if resuming:
+    if resuming:  # the run is this process's again: what a kill left half-written goes
+        remove_stale_temporaries(run_dir)
         (run_dir / CLAIM).write_text(json.dumps({**me, "resumed": True}) + "\n")
         return
     taken = occupied_by(run_dir)
@@ -92,13 +94,31 @@ def resume_argv(argv: list[str]) -> list[str]:
     if groups:
         raise ConfigError(f"resuming continues the run's own config; {', '.join(groups)} would change it. Drop "
                           "them to resume, or start a new run with them.")
-    check_resume(saved, overrides := [a for a in args if not a.startswith("-")], run_dir)
+    flags, overrides = split_flags(args)
+    check_resume(saved, overrides, run_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     task = _saved_task_name(saved)
     extra = [f"hydra.run.dir={run_dir}", f"hydra.output_subdir=.hydra/resume-{stamp}",
              f"hydra.job_logging.handlers.file.filename={run_dir / (task + '.log')}", "hydra.job.chdir=false"]
-    flags = [a for a in args if a.startswith("-")]
     return [argv[0], *flags, "-cp", str(saved.parent), "-cn", "config", *overrides, *extra]
+
+
+FLAGS_WITH_VALUES = ("--cfg", "-c", "--package", "-p", "--info", "-i")
+
+
+def split_flags(args: list[str]) -> tuple[list[str], list[str]]:
+    """Hydra's flags (with the value that follows ``--cfg job`` and the like) apart from the overrides."""
+    flags, overrides, i = [], [], 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("-"):
+            takes_value = a in FLAGS_WITH_VALUES and i + 1 < len(args) and "=" not in args[i + 1]
+            flags += args[i:i + 2] if takes_value else [a]
+            i += 2 if takes_value else 1
+        else:
+            overrides.append(a)
+            i += 1
+    return flags, overrides
 
 
 def check_resume(saved: Path, overrides: list[str], run_dir: Path) -> None:

@@ -15,11 +15,13 @@ import lightning as L
 from lightning.pytorch.callbacks import (
     Callback,
     EarlyStopping,
+    EMAWeightAveraging,
     LearningRateMonitor,
     ModelCheckpoint,
     RichProgressBar,
 )
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from medimg.config.runtime import Runtime
 from medimg.config.training import TrainerSettings, TrainSettings
@@ -49,7 +51,7 @@ class EpochStartCheckpoint(Callback):
             loop.batch_progress.reset_on_run()
             loop.scheduler_progress.reset_on_run()
             loop.automatic_optimization.optim_progress.reset_on_run()
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # all of it: optimiser, loops, callbacks
 
 
 def trainer_kwargs(trainer: TrainerSettings, rt: Runtime) -> dict[str, Any]:
@@ -62,8 +64,9 @@ def trainer_kwargs(trainer: TrainerSettings, rt: Runtime) -> dict[str, Any]:
     return {**trainer.lightning_kwargs(), **ours, **trainer.extra}
 
 
-def phase_epochs(phase_epochs_cfg: int, trainer_max_epochs: int | None) -> int:
-    return int(phase_epochs_cfg if trainer_max_epochs is None else min(phase_epochs_cfg, trainer_max_epochs))
+def is_rank_zero() -> bool:
+    """Rank 0 of a distributed run (or the only process), as Lightning reads it from the environment."""
+    return rank_zero_only.rank == 0
 
 
 def _checkpoints(s: TrainSettings, phase: str, folder: Path) -> tuple[ModelCheckpoint, list[Callback]]:
@@ -93,6 +96,8 @@ def build_phase_trainer(s: TrainSettings, rt: Runtime, book: PhaseBook, phase: s
     if gc.enabled and any(isinstance(lg, TensorBoardLogger) for lg in loggers):
         callbacks.append(GradCamLogger(every_n_epochs=gc.every_n_epochs, num_images=gc.num_images,
                                        method=gc.method, layer=gc.layer))
+    if s.model.ema_decay is not None:  # validation and checkpoints see the averaged weights
+        callbacks.append(EMAWeightAveraging(decay=s.model.ema_decay))
     if cb.throughput:
         callbacks.append(StepTimer(run_dir / "throughput.json"))
     if s.trainer.enable_progress_bar and cb.rich_progress:

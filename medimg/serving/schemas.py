@@ -1,0 +1,85 @@
+"""The server's JSON responses as pydantic models: they are its OpenAPI schema (``/docs``, ``/openapi.json``)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+DISCLAIMER = ("For research use only. Not a medical device: the output must not be used to diagnose, treat or "
+              "manage any patient.")
+
+
+class ErrorBody(BaseModel):
+    """Every error: one line that names the problem (and, where there is one, the fix)."""
+
+    detail: str = Field(examples=["file 'notes.txt' has Content-Type text/plain; send images"])
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+    engine: str = Field(description="torch (the checkpoint in PyTorch) or onnx (model.onnx in onnxruntime)")
+    num_classes: int
+
+
+class Preprocessing(BaseModel):
+    """How every uploaded image is prepared, as the model's evaluation split was."""
+
+    img_size: int = Field(description="the network's input: img_size x img_size pixels")
+    resize: float = Field(description="the shorter side is resized to img_size * resize, then center-cropped")
+    mean: list[float] = Field(description="per-channel mean subtracted after scaling RGB to [0, 1]")
+    std: list[float] = Field(description="per-channel standard deviation divided by")
+
+
+class Limits(BaseModel):
+    max_files: int = Field(description="images in one request to /predict (/explain takes one)")
+    max_file_bytes: int = Field(description="bytes of one uploaded file")
+    max_image_pixels: int | None = Field(description="width x height from the image's header; null = no cap")
+    max_aspect_ratio: float | None = Field(description="long side / short side; null = no cap")
+
+
+class Metadata(BaseModel):
+    class_names: list[str]
+    backbone: str | None
+    engine: str
+    calibrated: bool = Field(description="false: the probabilities are a plain softmax, not calibrated")
+    calibration_note: str
+    calibration_method: str | None
+    threshold: float | None = Field(description="binary models: the operating threshold on P(class 1)")
+    decision_rule: str
+    preprocessing: Preprocessing
+    test_metrics: dict[str, float] = Field(
+        description="the training run's test metrics (its metrics.json); empty when the run folder has none")
+    explain_available: bool = Field(description="false when the server has no checkpoint for Grad-CAM")
+    gradcam_method: str
+    limits: Limits
+    disclaimer: str = DISCLAIMER
+
+
+class ClassProbability(BaseModel):
+    class_name: str
+    probability: float
+
+
+class Decision(BaseModel):
+    """The binary decision at the stored operating threshold."""
+
+    positive_class: str
+    threshold: float
+    positive: bool = Field(description="P(positive_class) >= threshold")
+
+
+class ImageResult(BaseModel):
+    filename: str
+    prediction: str = Field(description="the decided class: the threshold rule for binary models that have one, "
+                                        "else the most probable class")
+    probability: float = Field(description="the probability of the decided class")
+    probabilities: dict[str, float] = Field(description="every class, in the model's class order")
+    top_k: list[ClassProbability] = Field(description="the k most probable classes, most probable first")
+    decision: Decision | None = Field(description="binary models with an operating threshold; else null")
+
+
+class PredictResponse(BaseModel):
+    engine: str
+    calibrated: bool = Field(description="false: plain softmax probabilities (the checkpoint holds no calibration)")
+    calibration_note: str
+    results: list[ImageResult] = Field(description="one per uploaded image, in upload order")
+    disclaimer: str = DISCLAIMER

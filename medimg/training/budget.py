@@ -1,0 +1,64 @@
+"""How long a phase trains, in optimiser steps as well as epochs, so that a small data set still trains enough.
+
+A phase's ``epochs`` and ``patience`` are the recipe for a HAM10000-sized set (110 steps an epoch at batch 64).
+On a small set an epoch is a handful of steps: ``min_steps`` raises the epochs until the phase takes at least
+that many optimiser steps, and ``patience_min_steps`` raises the early-stopping patience to cover at least that
+many steps; a large set keeps its epochs and patience. ``trainer.max_epochs`` still caps every phase (debugging).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from medimg.config.training import PhaseSettings, TrainerSettings
+
+
+@dataclass(frozen=True)
+class PhaseBudget:
+    steps_per_epoch: int
+    epochs: int
+    patience: int | None
+    total_steps: int
+
+    def describe(self, ph: PhaseSettings) -> str:
+        raised = []
+        if self.epochs != ph.epochs:
+            raised.append(f"epochs {ph.epochs} -> {self.epochs}")
+        if self.patience != ph.patience:
+            raised.append(f"patience {ph.patience} -> {self.patience}")
+        what = f" (raised for the small data set: {', '.join(raised)})" if raised else ""
+        return f"{self.steps_per_epoch} optimiser steps an epoch, up to {self.total_steps} in all{what}"
+
+
+def world_size(trainer: TrainerSettings, accelerator: str) -> int:
+    devices = trainer.devices
+    if isinstance(devices, list | tuple):
+        n = len(devices)
+    elif devices in ("auto", -1, "-1"):
+        n = torch.cuda.device_count() if accelerator == "gpu" else 1
+    else:
+        n = int(devices)
+    return max(1, n) * max(1, int(trainer.num_nodes))
+
+
+def steps_per_epoch(n_train: int, batch_size: int, trainer: TrainerSettings, world: int) -> int:
+    batches = math.ceil(math.ceil(n_train / world) / batch_size)
+    limit = trainer.limit_train_batches
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        batches = min(batches, limit)
+    elif isinstance(limit, float):
+        batches = max(1, math.ceil(batches * limit))
+    return max(1, math.ceil(batches / max(1, int(trainer.accumulate_grad_batches))))
+
+
+def phase_budget(ph: PhaseSettings, n_train: int, batch_size: int, trainer: TrainerSettings,
+                 world: int) -> PhaseBudget:
+    spe = steps_per_epoch(n_train, batch_size, trainer, world)
+    epochs = max(ph.epochs, math.ceil(ph.min_steps / spe))
+    if trainer.max_epochs is not None:
+        epochs = min(epochs, int(trainer.max_epochs))
+    patience = None if ph.patience is None else max(ph.patience, math.ceil(ph.patience_min_steps / spe))
+    return PhaseBudget(spe, epochs, patience, epochs * spe)

@@ -1,0 +1,170 @@
+"""The recipe for small and large data sets: the convex head, step budgets, warmup, discriminative rates, the
+learning-rate finder, the regularisers (mixup/cutmix, focal loss, EMA, balanced sampling) and their errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+
+from medimg.errors import ConfigError
+from medimg.models.losses import classification_loss
+from medimg.models.optim import warmup_cosine
+from medimg.train import train
+from medimg.training.budget import phase_budget
+from medimg.training.head_solver import solve_head
+from tests.conftest import TINY, compose_train, make_classifier, settings_of
+
+
+def _features(n: int, d: int, c: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(c, d, generator=g)
+    y = torch.multinomial(torch.tensor([0.6, 0.3, 0.1][:c]), n, replacement=True, generator=g)
+    return centres[y] + 1.5 * torch.randn(n, d, generator=g), y
+
+
+def test_convex_head_equals_scikit_learn_with_class_weights():
+    x, y = _features(400, 16, 3, 0)
+    vx, vy = _features(200, 16, 3, 1)
+    weight = torch.tensor([0.5, 1.0, 3.0])
+    sol = solve_head(x, y, vx, vy, 3, weight, [1e-2], max_iter=500)
+    sample_weight = weight[y].numpy()
+    ref = LogisticRegression(C=1.0 / (1e-2 * sample_weight.sum()), tol=1e-10, max_iter=10000)
+    ref.fit(x.double().numpy(), y.numpy(), sample_weight=sample_weight)  # float64, as medimg solves it
+    ours = torch.softmax(vx.double() @ sol.weight.T + sol.bias, -1).numpy()
+    # the same optimum: probabilities agree to 1e-5 (the two L-BFGS runs stop at slightly different points)
+    np.testing.assert_allclose(ours, ref.predict_proba(vx.double().numpy()), atol=1e-5)
+
+
+def test_convex_head_picks_the_l2_strength_with_the_lowest_validation_loss():
+    x, y = _features(60, 64, 3, 2)  # few images, many features: a weak penalty overfits
+    vx, vy = _features(300, 64, 3, 3)
+    sol = solve_head(x, y, vx, vy, 3, None, [1e-4, 1e-2, 1.0], max_iter=300)
+    assert sol.l2 == min(sol.val_losses, key=sol.val_losses.get) and len(sol.val_losses) == 3
+    assert sol.val_losses[1e-4] > min(sol.val_losses.values())
+
+
+def test_steps_raise_epochs_and_patience_on_small_sets_only(tmp_path):
+    s = settings_of(compose_train(tmp_path, tmp_path / "data", []))
+    ph = s.stage.phases["finetune"]  # 10 epochs, patience 2, min_steps 300, patience_min_steps 100
+    small = phase_budget(ph, n_train=80, batch_size=64, trainer=s.trainer, world=1)  # 2 steps an epoch
+    assert (small.epochs, small.patience, small.total_steps) == (150, 50, 300)
+    ham = phase_budget(ph, n_train=7000, batch_size=64, trainer=s.trainer, world=1)  # 110 steps an epoch
+    assert (ham.epochs, ham.patience, ham.total_steps) == (10, 2, 1100)
+    two_gpus = phase_budget(ph, n_train=7000, batch_size=64, trainer=s.trainer, world=2)
+    assert two_gpus.steps_per_epoch == 55 and two_gpus.epochs == 10
+
+
+def test_warmup_then_cosine():
+    factors = [warmup_cosine(step, warmup=4, total=20, cosine=True) for step in range(20)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0] and factors[4] == 1.0
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:])) and factors[-1] == pytest.approx(
+        0.5 * (1 + math.cos(math.pi * 15 / 16)))
+    assert warmup_cosine(30, warmup=4, total=20, cosine=False) == 1.0
+
+
+def test_discriminative_rates_per_block():
+    model = make_classifier(["a", "b", "c"])
+    model.set_phase("finetune", ["layer3", "layer4"], 1e-3, 1, 10, 0, 0.5)
+    groups = {g["name"]: g for g in model.parameter_groups()}
+    assert groups["head"]["lr"] == 1e-3 and groups["layer4"]["lr"] == 5e-4 and groups["layer3"]["lr"] == 2.5e-4
+    opt = model.configure_optimizers()["optimizer"]
+    n_opt = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert n_opt == sum(p.numel() for p in model.trainable_parameters())
+
+
+def test_soft_targets_with_class_weights_reduce_to_weighted_cross_entropy():
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(12, 4, generator=g), torch.randint(0, 4, (12,), generator=g)
+    w = torch.tensor([1.0, 2.0, 0.5, 4.0])
+    ref = F.cross_entropy(logits, y, weight=w)
+    assert classification_loss(logits, F.one_hot(y, 4).float(), w, 0.0, 0.0) == pytest.approx(float(ref), rel=1e-5)
+    focal = classification_loss(logits, y, w, 0.0, 2.0)
+    assert 0 < float(focal) < float(ref)  # focal weighting shrinks the loss of the easy images
+
+
+@pytest.mark.parametrize("override,says", [
+    ("model.focal_gamma=-1", "model.focal_gamma: must be >= 0"),
+    ("stage.phases.head.lr=find", "lr=find needs a phase trained on images"),
+    ("stage.phases.finetune.warmup_steps=10", "warmup needs optim.scheduler=cosine or none"),
+    ("dataset.sampling=balanced", "would correct the class imbalance twice"),
+])
+def test_bad_recipe_settings_are_refused_before_data_work(override, says, tmp_path):
+    extra = ["optim.scheduler=step"] if "warmup" in override else []
+    cfg = compose_train(tmp_path / "run", tmp_path / "data", [*TINY, override, *extra])
+    with pytest.raises(ConfigError, match=says):
+        train(cfg)
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.slow
+def test_every_regulariser_runs_in_a_short_fit(tmp_path, data_dir):
+    options = [
+        ["model.mixup_alpha=0.2", "model.cutmix_alpha=1.0"], ["model.focal_gamma=2"], ["model.ema_decay=0.9"],
+        ["dataset.sampling=balanced", "dataset.class_weights=false"],
+        ["stage.phases.finetune.warmup_steps=3", "stage.phases.finetune.lr_decay=0.5",
+         "stage.phases.finetune.train_blocks=[layer3,layer4]"],
+    ]
+    for i, extra in enumerate(options):
+        metrics = train(compose_train(tmp_path / f"r{i}", data_dir, [*TINY, "evaluation.gallery_per_class=0",
+                                                                     "evaluation.bootstrap_resamples=0", *extra]))
+        assert 0 <= metrics["test/auroc"] <= 1 and math.isfinite(metrics["test/loss"]), extra
+
+
+@pytest.mark.slow
+def test_mixup_on_a_binary_task_is_refused(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "pneumonia"
+    for k, cls in enumerate(("NORMAL", "PNEUMONIA")):
+        (root / cls).mkdir(parents=True)
+        for i in range(20):
+            Image.fromarray(np.full((16, 16, 3), 40 * k + i, np.uint8)).save(root / cls / f"{i}.png")
+    cfg = compose_train(tmp_path / "run", tmp_path / "data", [
+        *[a for a in TINY if "num_images" not in a], "dataset=folder", f"dataset.root={root}",
+        "model.mixup_alpha=0.2"])
+    with pytest.raises(ConfigError, match="multiclass tasks"):
+        train(cfg)
+
+
+@pytest.mark.slow
+def test_lr_finder_writes_its_curve_and_trains_at_the_suggestion(tiny_cfg, tmp_path, caplog):
+    import logging
+
+    cfg = tiny_cfg("stage=finetune", "stage.phases.finetune.lr=find", "dataset.num_images=320",
+                   "evaluation.gallery_per_class=0")
+    with caplog.at_level(logging.INFO, logger="medimg.train"):
+        train(cfg)
+    assert (tmp_path / "run" / "figures" / "lr_find_finetune.png").stat().st_size > 5000
+    found = [r.getMessage() for r in caplog.records if "learning-rate finder suggests" in r.getMessage()]
+    assert len(found) == 1
+    lr = float(found[0].split("lr ")[1].split()[0])
+    state = torch.load(tmp_path / "run" / "checkpoints" / "finetune-best.ckpt", weights_only=True)["medimg"]
+    assert state["phase"]["lr"] == pytest.approx(lr, rel=1e-5) and 1e-7 <= lr <= 1.0
+
+
+@pytest.mark.slow
+def test_gradual_stage_unfreezes_one_more_block_per_phase(tiny_cfg, tmp_path):
+    train(tiny_cfg("stage=gradual", "trainer.max_epochs=1", "test=false", "callbacks.early_stopping.enabled=false"))
+    ckpts = tmp_path / "run" / "checkpoints"
+
+    def net(phase):
+        sd = torch.load(ckpts / f"{phase}-best.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+        return {k.removeprefix("net."): v for k, v in sd.items() if k.startswith("net.")}
+
+    def changed(a, b, block):
+        keys = [k for k in a if k.startswith(block + ".") and not k.endswith("num_batches_tracked")]
+        return any(not torch.equal(a[k], b[k]) for k in keys)
+
+    states = [net(p) for p in ("head", "last1", "last2", "last3")]
+    order = ["layer4", "layer3", "layer2"]  # the last blocks of a ResNet, from the head back
+    for k in range(1, 4):
+        before, after = states[k - 1], states[k]
+        for j, block in enumerate(order):
+            assert changed(before, after, block) == (j < k), (k, block)
+        for block in ("conv1", "bn1", "layer1"):
+            assert not changed(before, after, block), (k, block)
