@@ -34,6 +34,7 @@ OLD = ["stage.phases.head.head_fit=epochs", "stage.phases.finetune.min_steps=0",
 RECIPES = {
     "old": OLD,
     "new": [],
+    "patience60": ["stage.phases.finetune.patience_min_steps=60"],
     "warmup": ["stage.phases.finetune.warmup_steps=50"],
     "lr_decay": ["stage.phases.finetune.train_blocks=[layer3,layer4]", "stage.phases.finetune.lr_decay=0.3"],
     "mixup": ["model.mixup_alpha=0.2"],

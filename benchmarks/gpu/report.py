@@ -1,5 +1,5 @@
 """The GPU check's closing table: the tests' outcome, medimg's rate against the bare step, the loader against
-the GPU's training rate, utilisation, and the issue's targets."""
+the GPU's training rate, utilisation, and the targets it is held to."""
 
 from __future__ import annotations
 
