@@ -64,7 +64,7 @@ def run_baseline(spec: dict[str, Any]) -> list[float]:
     from torchvision import datasets
 
     from medimg.models.backbones import backbone_info, build_backbone
-    from medimg.models.freezing import resolve_blocks
+    from medimg.models.freezing import apply_freeze, resolve_blocks
 
     c = compose(spec["overrides"])
     _, train_blocks, lr = first_phase(c)
@@ -75,11 +75,8 @@ def run_baseline(spec: dict[str, Any]) -> list[float]:
     loader = DataLoader(ds, batch_size=spec["batch"], shuffle=True, num_workers=spec.get("workers", 2))
     net = build_backbone(c["backbone"]["name"], len(ds.classes), weights=None)
     info = backbone_info(c["backbone"]["name"])
-    trainable = set(resolve_blocks(train_blocks, info.block_names))
-    frozen = {p for b in info.blocks if b.name not in trainable for p in b.params}  # the head always trains
-    for name, param in net.named_parameters():
-        param.requires_grad_(name not in frozen)
-    net.train()
+    apply_freeze(net, resolve_blocks(train_blocks, info.block_names), info.blocks, info.head)
+    net.train()  # a plain loop: frozen blocks stay in train mode
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
     criterion = nn.CrossEntropyLoss()
 

@@ -47,6 +47,12 @@ def backbone_of(model: nn.Module) -> BackboneInfo | None:
     return backbone_info(backbone) if backbone else None
 
 
+def cam_reshape(model: nn.Module):
+    """What turns the target layer's output into (B, C, H, W) maps for this model's backbone (None: it is)."""
+    info = backbone_of(model)
+    return info.reshape_transform() if info else None
+
+
 def default_layer_of(model: nn.Module, img_size: int | None = None) -> str:
     """The name of the layer Grad-CAM explains by default in ``model`` (an ImageClassifier) at ``img_size`` px."""
     info = backbone_of(model)
@@ -126,8 +132,7 @@ def compute_cams(
     if images.ndim != 4:
         raise ValueError(f"compute_cams expects a batch (B, C, H, W), got shape {tuple(images.shape)}")
     target_layer = resolve_layer(model, layer, img_size=int(images.shape[-1]))
-    info = backbone_of(model)
-    reshape = info.reshape_transform() if info else None
+    reshape = cam_reshape(model)
     device = next(model.parameters()).device
     with preserved_state(model), gradients_enabled(), torch.autocast(device.type, enabled=False):
         for p in model.parameters():  # gradients reach the layer through the input, never the weights

@@ -30,7 +30,7 @@ from medimg.data.transforms import Preprocess
 from medimg.errors import DataError, MissingDataError
 from medimg.explain.faithfulness import DEFAULT_PERCENTILES, road_scores
 from medimg.explain.gradcam import (
-    backbone_of,
+    cam_reshape,
     compute_cams,
     default_layer_of,
     denormalise,
@@ -101,8 +101,7 @@ def feature_size(model: nn.Module, layer: str | None, img_size: int) -> tuple[in
     """Height and width of the map Grad-CAM gets from ``layer`` (None: the default) for an ``img_size`` input."""
     shape: list[int] = []
     module = resolve_layer(model, layer, img_size)
-    info = backbone_of(model)
-    reshape = (info.reshape_transform() if info else None) or (lambda o: o)
+    reshape = cam_reshape(model) or (lambda o: o)
     handle = module.register_forward_hook(lambda _m, _i, o: shape.extend(reshape(o).shape[-2:]))
     try:
         with torch.no_grad():

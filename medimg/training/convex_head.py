@@ -23,7 +23,7 @@ from medimg.errors import ConfigError
 from medimg.evaluation.learning_curves import read_history
 from medimg.files import write_json
 from medimg.models.classifier import ImageClassifier
-from medimg.training.features import FeatureDataset, extract_features
+from medimg.training.features import FeatureDataset, split_features
 from medimg.training.head_solver import solve_head
 from medimg.training.history import merge_record
 from medimg.training.loggers import build_loggers
@@ -41,35 +41,30 @@ def _autocast(rt: Runtime):
     return contextlib.nullcontext()
 
 
-def _features(model: ImageClassifier, dm: MedImageDataModule, split: str, rt: Runtime) -> FeatureDataset:
-    return extract_features(model, dm.once_loader(dm.unaugmented_dataset(split)), _autocast(rt))
-
-
 @torch.no_grad()
+def head_outputs(model: ImageClassifier, cached: FeatureDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, targets) of the head on cached features, on the model's device, in eval mode (no dropout; the
+    head's mode restored afterwards)."""
+    head, device = model.head(), next(model.parameters()).device
+    was_training = head.training
+    logits = head.eval()(cached.features.to(device)).float()
+    head.train(was_training)
+    return logits, cached.targets.to(device)
+
+
 def validation_scores(model: ImageClassifier, val: FeatureDataset) -> dict[str, float]:
-    """The head's validation metrics on the cached features, as a validation epoch would log them (eval mode:
-    no dropout)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    logits = model.head()(val.features.to(device)).float()
-    targets = val.targets.to(device)
+    """The head's validation metrics on the cached features, as a validation epoch would log them."""
+    logits, targets = head_outputs(model, val)
     model.val_metrics.reset()
     scores = {k: float(v) for k, v in model.val_metrics(logits.softmax(-1), targets).items()}
     model.val_metrics.reset()
     scores["val/loss"] = float(model.loss(logits, targets))
-    model.train(was_training)
     return scores
 
 
-@torch.no_grad()
 def training_loss(model: ImageClassifier, train: FeatureDataset) -> float:
-    """The solved head's loss on the cached training features (eval mode, the run's loss and class weights)."""
-    head, device = model.head(), next(model.parameters()).device
-    was_training = head.training
-    logits = head.eval()(train.features.to(device)).float()
-    head.train(was_training)
-    return float(model.loss(logits, train.targets.to(device)))
+    """The solved head's loss on the cached training features (the run's loss and class weights)."""
+    return float(model.loss(*head_outputs(model, train)))
 
 
 def log_scores(s: TrainSettings, run_dir: Path, name: str, scores: dict[str, float]) -> None:
@@ -92,7 +87,7 @@ def fit_convex_head(s: TrainSettings, rt: Runtime, model: ImageClassifier, dm: M
     model.set_phase(name, [], 1.0, 1)
     device = torch.device(rt.device_type if rt.accelerator != "gpu" else f"cuda:{os.environ.get('LOCAL_RANK', 0)}")
     model.to(device)
-    train, val = _features(model, dm, "train", rt), _features(model, dm, "val", rt)
+    (train, _), (val, _) = (split_features(model, dm, split, _autocast(rt)) for split in ("train", "val"))
     cw = model.class_weight.cpu() if model.class_weight is not None else None
     solution = solve_head(train.features, train.targets, val.features, val.targets, model.num_classes, cw,
                           list(s.optim.probe_l2), s.optim.probe_max_iter)

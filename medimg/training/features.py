@@ -57,6 +57,18 @@ def extract_features(model: ImageClassifier, loader: DataLoader, autocast=None) 
     return FeatureDataset(torch.cat(feats), torch.cat(targets), torch.cat(rows))
 
 
+def split_features(model: ImageClassifier, images: MedImageDataModule, split: str,
+                   autocast=None) -> tuple[FeatureDataset, float]:
+    """The features of one split of ``images`` (unaugmented, each image once) and the seconds they took;
+    the rate goes into the log."""
+    t0 = time.perf_counter()
+    feats = extract_features(model, images.once_loader(images.unaugmented_dataset(split)), autocast)
+    seconds = time.perf_counter() - t0
+    log.info("feature cache: %d %s images through the frozen backbone in %.1f s (%.0f images/s), "
+             "%d features each", len(feats), split, seconds, len(feats) / max(seconds, 1e-9), feats.features.shape[1])
+    return feats, seconds
+
+
 class FeatureDataModule(L.LightningDataModule):
     """Train/val loaders over backbone features of ``images`` (a set-up MedImageDataModule), extracted once
     on first use with the model being fitted. ``datasets`` stay the image datasets (for Grad-CAM logging)."""
@@ -71,15 +83,8 @@ class FeatureDataModule(L.LightningDataModule):
 
     def _features(self, split: str) -> FeatureDataset:
         if split not in self.features:
-            t0 = time.perf_counter()
-            loader = self.images.once_loader(self.images.unaugmented_dataset(split))
-            feats = extract_features(self.trainer.lightning_module, loader,
-                                     self.trainer.precision_plugin.forward_context())
-            self.extract_s[split] = time.perf_counter() - t0
-            self.features[split] = feats
-            log.info("feature cache: %d %s images through the frozen backbone in %.1f s (%.0f images/s), "
-                     "%d features each", len(feats), split, self.extract_s[split],
-                     len(feats) / max(self.extract_s[split], 1e-9), feats.features.shape[1])
+            self.features[split], self.extract_s[split] = split_features(
+                self.trainer.lightning_module, self.images, split, self.trainer.precision_plugin.forward_context())
         return self.features[split]
 
     def train_dataloader(self) -> DataLoader:
