@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from medimg.errors import ConfigError
-from medimg.files import remove_stale_temporaries
+from medimg.files import remove_stale_temporaries, write_json
 from medimg.inference import run_dir_of
 
 RESULTS = ("metrics.json", "predictions.csv", "report.md")
@@ -45,7 +45,7 @@ def claim(run_dir: Path, resuming: bool) -> None:
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     if resuming:  # the run is this process's again: what a kill left half-written goes
         remove_stale_temporaries(run_dir)
-        (run_dir / CLAIM).write_text(json.dumps({**me, "resumed": True}) + "\n")
+        write_json(run_dir / CLAIM, {**me, "resumed": True})
         return
     taken = occupied_by(run_dir)
     if taken:
