@@ -45,7 +45,7 @@ def test_defaults_are_the_seed_recipe(tmp_path):
     assert cfg.dataset.name == "synthetic" and cfg.backbone.name == "resnet18" and cfg.stage.name == "two_stage"
     head, ft = cfg.stage.phases.head, cfg.stage.phases.finetune
     assert (head.epochs, head.lr, head.patience, list(head.train_blocks)) == (20, 1e-3, 3, [])
-    assert (ft.epochs, ft.lr, ft.patience, list(ft.train_blocks)) == (10, 5e-4, 2, ["layer4"])
+    assert (ft.epochs, ft.lr, ft.patience, list(ft.train_blocks)) == (10, 1e-4, 2, ["layer4"])
     assert cfg.seed == 42 and cfg.optim.optimizer == "adam" and cfg.optim.weight_decay == 1e-4
     assert cfg.backbone.weights == "imagenet" and cfg.backbone.dropout == 0.2
     assert cfg.monitor == "val/auroc" and cfg.dataset.class_weights is True

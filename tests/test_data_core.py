@@ -52,6 +52,23 @@ def test_splits_are_stratified_grouped_and_reused(tmp_path):
     assert csv.read_bytes() != csv_bytes and (changed["split"] == "val").mean() == pytest.approx(0.2, abs=0.03)
 
 
+@pytest.mark.parametrize("val, test", [(0.05, 0.75), (0.1, 0.8), (0.15, 0.15)])
+def test_split_fractions_above_one_half_are_held_out_too(val, test):
+    """A test fraction above one half used to give one of two folds (0.5) whatever was asked."""
+    labels = ["a"] * 372 + ["b"] * 108 + ["c"] * 72 + ["d"] * 48
+    out = assign_splits(make_table([f"/x/{i}.png" for i in range(600)], labels), val=val, test=test, seed=42)
+    frac = out["split"].value_counts(normalize=True)
+    assert frac["test"] == pytest.approx(test, abs=0.02) and frac["val"] == pytest.approx(val, abs=0.02)
+    assert (out[out["split"] == "test"]["label"].value_counts(normalize=True)["a"]) == pytest.approx(0.62, abs=0.02)
+
+
+def test_a_split_far_from_the_asked_fraction_is_reported(caplog):
+    df = make_table([f"/x/{i}.png" for i in range(200)], ["a"] * 100 + ["b"] * 100)
+    out = assign_splits(df, val=0.15, test=0.4, seed=0)  # 1/0.4 = 2.5 folds: 2, so half the images
+    assert (out["split"] == "test").mean() == pytest.approx(0.5)
+    assert "dataset.split.test=0.4 holds out 0.500" in caplog.text
+
+
 def test_official_split_folders_are_kept(tmp_path):
     for split, n in (("train", 20), ("test", 6)):
         for cls in ("cat", "dog"):

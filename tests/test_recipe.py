@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import math
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 
+from medimg.config.training import EarlyStoppingSettings
 from medimg.errors import ConfigError
 from medimg.models.losses import classification_loss
 from medimg.models.optim import warmup_cosine
 from medimg.train import train
 from medimg.training.budget import phase_budget
 from medimg.training.head_solver import solve_head
+from medimg.training.phase_book import PhaseBook
+from medimg.training.trainer import early_stopping
 from tests.conftest import TINY, compose_train, make_classifier, settings_of
 
 
@@ -57,6 +61,49 @@ def test_steps_raise_epochs_and_patience_on_small_sets_only(tmp_path):
     assert (ham.epochs, ham.patience, ham.total_steps) == (10, 2, 1100)
     two_gpus = phase_budget(ph, n_train=7000, batch_size=64, trainer=s.trainer, world=2)
     assert two_gpus.steps_per_epoch == 55 and two_gpus.epochs == 10
+
+
+class _ScriptedScores(L.LightningModule):
+    """Logs a given validation score per epoch (training does nothing that matters)."""
+
+    def __init__(self, scores: list[float]):
+        super().__init__()
+        self.scores, self.w = scores, torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, _):
+        return (self.w * batch[0]).sum()
+
+    def validation_step(self, batch, _):
+        self.log("val/auroc", self.scores[self.current_epoch])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(2, 1)), batch_size=2)
+
+    val_dataloader = train_dataloader
+
+
+@pytest.mark.parametrize("from_start, epochs_run", [(True, 2), (False, 4)])
+def test_a_phase_must_beat_the_score_it_started_from_within_its_patience(from_start, epochs_run):
+    """The head validated at 0.95; fine-tune epochs reach 0.90, 0.93, 0.92, 0.91, 0.96: counted from the start
+    score, the phase ends after its 2 epochs of patience; counted from its own first epoch, it runs 4."""
+    es = EarlyStoppingSettings(enabled=True, min_delta=0.0, from_start=from_start)
+    stop = early_stopping(es, "val/auroc", "max", patience=2, start_score=0.95)
+    trainer = L.Trainer(max_epochs=5, callbacks=[stop], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(_ScriptedScores([0.90, 0.93, 0.92, 0.91, 0.96]))
+    assert trainer.current_epoch == epochs_run
+
+
+def test_the_best_of_tied_phases_is_the_earlier_one():
+    book = PhaseBook(["a", "b"], {})
+    book.finish("head", "head-best.ckpt", 1.0)
+    book.finish("finetune", "finetune-best.ckpt", 1.0)
+    assert book.best("max") == ("head-best.ckpt", 1.0)
+    book.finish("more", "more-best.ckpt", 0.5)
+    assert book.best("min") == ("more-best.ckpt", 0.5)
 
 
 def test_warmup_then_cosine():

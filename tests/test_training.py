@@ -61,7 +61,7 @@ def test_two_stage_freeze_semantics(tiny_cfg, init_weights, tmp_path):
         assert not _changed(head, ft, block), f"{block} changed during the fine-tune phase"
 
     state = read_medimg_state(ckpts / "finetune-best.ckpt")
-    assert state["phase"]["train_blocks"] == ["layer4"] and state["phase"]["lr"] == pytest.approx(5e-4)
+    assert state["phase"]["train_blocks"] == ["layer4"] and state["phase"]["lr"] == pytest.approx(1e-4)
     assert "head" in state["phases_done"]
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     for key in ("test/accuracy", "test/auroc", "test/f1_macro", "test/loss"):

@@ -164,6 +164,7 @@ class CheckpointSettings:
 class EarlyStoppingSettings:
     enabled: bool
     min_delta: float
+    from_start: bool              # a phase must beat the score of the weights it starts from within its patience
 
 
 @dataclass(frozen=True)

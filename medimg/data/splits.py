@@ -6,6 +6,7 @@ Pure functions on the data table; scikit-learn does the stratified (grouped) spl
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,9 @@ from medimg.data.table import SPLITS
 from medimg.errors import DataError
 from medimg.files import write_csv
 
+log = logging.getLogger(__name__)
+SPLIT_VERSION = 2  # in the saved split's key: 2 = hold-outs above one half taken as the complement's folds
+
 
 def _n_splits_for(fraction: float) -> int:
     if not 0 < fraction < 1:
@@ -24,7 +28,10 @@ def _n_splits_for(fraction: float) -> int:
 
 
 def _holdout(df: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of about ``fraction`` of the rows, stratified by label, whole groups only."""
+    """Boolean mask of about ``fraction`` of the rows, stratified by label, whole groups only: one of ``1 /
+    fraction`` folds, or, above one half, all but one of ``1 / (1 - fraction)`` folds."""
+    if 0.5 < fraction < 1:
+        return ~_holdout(df, 1 - fraction, seed)
     n_splits = _n_splits_for(fraction)
     counts = df["label"].value_counts()
     too_few = counts[counts < n_splits]
@@ -56,6 +63,11 @@ def assign_splits(df: pd.DataFrame, val: float = 0.15, test: float = 0.15, seed:
         frac = val / (1 - test) if carved_test else val  # val is a fraction of the whole table
         df.loc[sub.index[_holdout(sub, min(frac, 0.5), seed + 1)], "split"] = "val"
     df.loc[df["split"] == "", "split"] = "train"
+    for split, asked in (("test", test if carved_test else None), ("val", val)):
+        got = float((df["split"] == split).mean())
+        if asked is not None and abs(got - asked) > 0.03:
+            log.warning("dataset.split.%s=%g holds out %.3f of the images (stratified folds come in sizes "
+                        "of 1/k); the split table in the log shows what each split got", split, asked, got)
     return df
 
 
@@ -86,7 +98,7 @@ def table_fingerprint(df: pd.DataFrame) -> str:
 
 def load_or_make_splits(df: pd.DataFrame, split_csv: Path, val: float, test: float, seed: int) -> pd.DataFrame:
     """Use the split saved in ``split_csv`` when it was made from the same table, else make and save it."""
-    key = f"{table_fingerprint(df)}-{val}-{test}-{seed}"
+    key = f"{table_fingerprint(df)}-{val}-{test}-{seed}-v{SPLIT_VERSION}"
     if split_csv.exists():
         saved = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
         if len(saved) and saved.get("key", pd.Series([""])).iloc[0] == key:

@@ -36,12 +36,14 @@ class PhaseBook:
                     "medimg": self.entry(model, phase_completed=True)}, path)
 
     def best(self, mode: str) -> tuple[str, float] | None:
-        """The best checkpoint across finished phases by the monitored validation metric, and its score."""
-        scored = [(v["best_score"], v["best_path"]) for v in self.done.values() if v.get("best_score") is not None]
-        if not scored:
-            return None
-        score, path = (max if mode == "max" else min)(scored)
-        return path, score
+        """The best checkpoint across finished phases by the monitored validation metric, and its score; on a
+        tie the earlier phase (the later one did not improve on it)."""
+        best: tuple[str, float] | None = None
+        for v in self.done.values():  # in the order the phases finished
+            score = v.get("best_score")
+            if score is not None and (best is None or (score > best[1] if mode == "max" else score < best[1])):
+                best = (v["best_path"], score)
+        return best
 
 
 class RunStateWriter(Callback):

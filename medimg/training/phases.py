@@ -1,8 +1,10 @@
-"""The phase loop: each phase of the stage is its own fit, starting from the previous phase's best weights.
+"""The phase loop: each phase of the stage is its own fit, starting from the best weights so far.
 
 A phase sets which blocks train and at which learning rate, gets its own Trainer (epochs, early stopping, best
 checkpoint), and trains on images or, for a frozen backbone with ``feature_cache``, on features computed
-once. When it ends, its best weights are loaded and written as ``last.ckpt`` marked done, so a kill between
+once. It must beat the validation score of the weights it starts from within its patience
+(``callbacks.early_stopping.from_start``). When it ends, the best weights of the phases so far (its own, or
+an earlier phase's it did not beat) are loaded and written as ``last.ckpt`` marked done, so a kill between
 phases resumes with the next one.
 """
 
@@ -46,7 +48,8 @@ def phase_data(name: str, ph: PhaseSettings, model: ImageClassifier,
 
 def fit_phase(s: TrainSettings, rt: Runtime, model: ImageClassifier, dm: MedImageDataModule, run_dir: Path,
               book: PhaseBook, name: str, ph: PhaseSettings, resume_from: Path | None) -> None:
-    """One phase trained by a Lightning fit (images, or cached features with ``head_fit: epochs``)."""
+    """One phase trained by a Lightning fit (images, or cached features with ``head_fit: epochs``), from the
+    model's current weights: the best so far, whose score its early stopping must beat."""
     budget = phase_budget(ph, len(dm.datasets["train"]), s.dataset.batch_size, s.trainer,
                           world_size(s.trainer, rt.accelerator))
     data = phase_data(name, ph, model, dm)
@@ -57,13 +60,14 @@ def fit_phase(s: TrainSettings, rt: Runtime, model: ImageClassifier, dm: MedImag
     n_train = sum(p.numel() for p in model.trainable_parameters())
     log.info("phase %r: training %s + head (%d parameters) at lr %g; %s", name,
              model.phase["train_blocks"] or "nothing of the backbone", n_train, lr, budget.describe(ph))
-    trainer, best = build_phase_trainer(s, rt, book, name, budget.epochs, budget.patience, run_dir)
+    start = book.best(s.monitor_mode)
+    trainer, best = build_phase_trainer(s, rt, book, name, budget.epochs, budget.patience, run_dir,
+                                        start_score=start[1] if start else None)
     dm.train_seed = derive_seed(s.seed, "train", name)
     trainer.fit(model, datamodule=data, ckpt_path=resume_from, weights_only=True)  # tensors and plain types only
     if best.best_model_path:
         score = best.best_model_score
         book.finish(name, best.best_model_path, float(score) if score is not None else None)
-        load_weights(model, best.best_model_path)  # the next phase (and test) starts from the best
 
 
 def run_phases(s: TrainSettings, rt: Runtime, model: ImageClassifier, dm: MedImageDataModule, run_dir: Path,
@@ -82,6 +86,12 @@ def run_phases(s: TrainSettings, rt: Runtime, model: ImageClassifier, dm: MedIma
         else:
             resume_from = resume.path if resume is not None and resume.mid_phase and i == start else None
             fit_phase(s, rt, model, dm, run_dir, book, name, ph, resume_from)
+        so_far = book.best(s.monitor_mode) if book.done.get(name, {}).get("best_score") is not None else None
+        if so_far is not None:  # the next phase (and the test) starts from the best weights so far
+            if so_far[0] != book.done[name]["best_path"]:
+                log.info("phase %r did not beat %s %.4f of the weights it started from: those go on (%s)",
+                         name, s.monitor, so_far[1], Path(so_far[0]).name)
+            load_weights(model, so_far[0])
         if is_rank_zero() and s.callbacks.checkpoint.save_last:
             book.save_boundary(model, run_dir / "checkpoints" / "last.ckpt")
     return book

@@ -2,8 +2,9 @@
 
 A phase's Trainer keeps the best checkpoint of the phase (``<phase>-best.ckpt``, by ``monitor``), writes
 ``last.ckpt`` at the end of every epoch (the resume point; both written atomically, with the run's
-bookkeeping inside), stops early on ``monitor``, seeds every epoch (see seeding.py), and logs to the
-configured loggers under a version named after the phase.
+bookkeeping inside), stops early when ``monitor`` has not beaten the weights the phase started from within
+its patience, seeds every epoch (see seeding.py), and logs to the configured loggers under a version named
+after the phase.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import (
     Callback,
     EarlyStopping,
@@ -24,7 +26,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from medimg.config.runtime import Runtime
-from medimg.config.training import TrainerSettings, TrainSettings
+from medimg.config.training import EarlyStoppingSettings, TrainerSettings, TrainSettings
 from medimg.training.checkpoint_io import AtomicCheckpointIO
 from medimg.training.gradcam_logger import GradCamLogger
 from medimg.training.history import TrainingHistory
@@ -79,16 +81,29 @@ def _checkpoints(s: TrainSettings, phase: str, folder: Path) -> tuple[ModelCheck
     return best, [EpochStartCheckpoint(folder / "last.ckpt")] if ck.save_last else []
 
 
+def early_stopping(es: EarlyStoppingSettings, monitor: str, mode: str, patience: int,
+                   start_score: float | None) -> EarlyStopping:
+    """Early stopping on ``monitor``; with ``from_start`` (and a ``start_score``: the validation score of the
+    weights the phase starts from) the phase's epochs must beat that score, not only its own first epoch, so a
+    fine-tune phase that never improves on a solved head ends after ``patience`` epochs. A resumed phase
+    restores the count from its checkpoint."""
+    stop = EarlyStopping(monitor=monitor, mode=mode, patience=int(patience), min_delta=es.min_delta,
+                         check_finite=True)
+    if es.from_start and start_score is not None:
+        stop.best_score = torch.tensor(float(start_score))
+    return stop
+
+
 def build_phase_trainer(s: TrainSettings, rt: Runtime, book: PhaseBook, phase: str, epochs: int,
-                        patience: int | None, run_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
-    """The Trainer for one phase and its best-checkpoint callback."""
+                        patience: int | None, run_dir: Path,
+                        start_score: float | None = None) -> tuple[L.Trainer, ModelCheckpoint]:
+    """The Trainer for one phase and its best-checkpoint callback (``start_score``: see ``early_stopping``)."""
     cb = s.callbacks
     best, extra = _checkpoints(s, phase, run_dir / "checkpoints")
     callbacks: list[Callback] = [best, *extra, RunStateWriter(book), StepSeeder(s.seed, phase), NetworkSummary(),
                                  TrainingHistory(run_dir / "history.json", phase, s.monitor)]
     if cb.early_stopping.enabled and patience is not None:
-        callbacks.append(EarlyStopping(monitor=s.monitor, mode=s.monitor_mode, patience=int(patience),
-                                       min_delta=cb.early_stopping.min_delta, check_finite=True))
+        callbacks.append(early_stopping(cb.early_stopping, s.monitor, s.monitor_mode, patience, start_score))
     loggers = build_loggers(s.logger, run_dir, phase)
     if loggers and cb.lr_monitor:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
