@@ -69,6 +69,15 @@ def test_a_split_far_from_the_asked_fraction_is_reported(caplog):
     assert "dataset.split.test=0.4 holds out 0.500" in caplog.text
 
 
+def test_a_fraction_is_read_against_the_images_it_is_carved_from(tmp_path, caplog):
+    """val=0.2 of 40 official training images is 8 of them: no report, though 8 is 0.15 of all 52 images."""
+    for split, n in (("train", 20), ("test", 6)):
+        for cls in ("cat", "dog"):
+            _write_images(tmp_path / split / cls, n)
+    out = assign_splits(folder_table(tmp_path)[0], val=0.2, test=0.15, seed=0)
+    assert (out["split"] == "val").sum() == 8 and "holds out" not in caplog.text
+
+
 def test_official_split_folders_are_kept(tmp_path):
     for split, n in (("train", 20), ("test", 6)):
         for cls in ("cat", "dog"):

@@ -51,23 +51,31 @@ def _holdout(df: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
     return mask
 
 
+def _report_fraction(key: str, value: float, asked: float, pool: pd.DataFrame, mask: np.ndarray) -> None:
+    """Log a hold-out that lands more than 0.03 from the fraction of ``pool`` it was asked to take."""
+    got = float(mask.mean())
+    if abs(got - asked) > 0.03:
+        log.warning("%s=%g holds out %.3f of the %d images it is carved from (%.3f asked; stratified folds come "
+                    "in sizes of 1/k); the split table in the log shows what each split got",
+                    key, value, got, len(pool), asked)
+
+
 def assign_splits(df: pd.DataFrame, val: float = 0.15, test: float = 0.15, seed: int = 42) -> pd.DataFrame:
     """Fill empty ``split`` cells: carve test (if the table has none) and val out of what is left."""
     df = df.copy()
     carved_test = not (df["split"] == "test").any()
     if carved_test:
         sub = df[df["split"] == ""]
-        df.loc[sub.index[_holdout(sub, test, seed)], "split"] = "test"
+        mask = _holdout(sub, test, seed)
+        _report_fraction("dataset.split.test", test, test, sub, mask)
+        df.loc[sub.index[mask], "split"] = "test"
     if not (df["split"] == "val").any():
         sub = df[df["split"].isin(["", "train"])]
         frac = val / (1 - test) if carved_test else val  # val is a fraction of the whole table
-        df.loc[sub.index[_holdout(sub, min(frac, 0.5), seed + 1)], "split"] = "val"
+        mask = _holdout(sub, min(frac, 0.5), seed + 1)
+        _report_fraction("dataset.split.val", val, frac, sub, mask)
+        df.loc[sub.index[mask], "split"] = "val"
     df.loc[df["split"] == "", "split"] = "train"
-    for split, asked in (("test", test if carved_test else None), ("val", val)):
-        got = float((df["split"] == split).mean())
-        if asked is not None and abs(got - asked) > 0.03:
-            log.warning("dataset.split.%s=%g holds out %.3f of the images (stratified folds come in sizes "
-                        "of 1/k); the split table in the log shows what each split got", split, asked, got)
     return df
 
 

@@ -68,6 +68,7 @@ def fit_phase(s: TrainSettings, rt: Runtime, model: ImageClassifier, dm: MedImag
     if best.best_model_path:
         score = best.best_model_score
         book.finish(name, best.best_model_path, float(score) if score is not None else None)
+        load_weights(model, best.best_model_path)  # the model leaves the phase at its best
 
 
 def run_phases(s: TrainSettings, rt: Runtime, model: ImageClassifier, dm: MedImageDataModule, run_dir: Path,
@@ -86,12 +87,11 @@ def run_phases(s: TrainSettings, rt: Runtime, model: ImageClassifier, dm: MedIma
         else:
             resume_from = resume.path if resume is not None and resume.mid_phase and i == start else None
             fit_phase(s, rt, model, dm, run_dir, book, name, ph, resume_from)
-        so_far = book.best(s.monitor_mode) if book.done.get(name, {}).get("best_score") is not None else None
-        if so_far is not None:  # the next phase (and the test) starts from the best weights so far
-            if so_far[0] != book.done[name]["best_path"]:
-                log.info("phase %r did not beat %s %.4f of the weights it started from: those go on (%s)",
-                         name, s.monitor, so_far[1], Path(so_far[0]).name)
-            load_weights(model, so_far[0])
+        ended, so_far = book.done.get(name, {}), book.best(s.monitor_mode)
+        if ended.get("best_score") is not None and so_far[0] != ended["best_path"]:  # the start was better
+            log.info("phase %r did not beat %s %.4f of the weights it started from: those go on (%s)",
+                     name, s.monitor, so_far[1], Path(so_far[0]).name)
+            load_weights(model, so_far[0])  # the next phase (and the test) starts from the best so far
         if is_rank_zero() and s.callbacks.checkpoint.save_last:
             book.save_boundary(model, run_dir / "checkpoints" / "last.ckpt")
     return book
