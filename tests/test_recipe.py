@@ -61,6 +61,16 @@ def test_steps_raise_epochs_and_patience_on_small_sets_only(tmp_path):
     assert (ham.epochs, ham.patience, ham.total_steps) == (10, 2, 1100)
     two_gpus = phase_budget(ph, n_train=7000, batch_size=64, trainer=s.trainer, world=2)
     assert two_gpus.steps_per_epoch == 55 and two_gpus.epochs == 10
+    assert "raised to reach min_steps=300" in small.describe(ph) and "patience 2 -> 50" in small.describe(ph)
+
+
+def test_the_phase_log_says_when_trainer_max_epochs_lowered_the_epochs(tmp_path):
+    s = settings_of(compose_train(tmp_path, tmp_path / "data", ["trainer.max_epochs=3"]))
+    ph = s.stage.phases["finetune"]  # 10 epochs
+    big = phase_budget(ph, n_train=7000, batch_size=64, trainer=s.trainer, world=1)
+    assert big.epochs == 3
+    line = big.describe(ph)
+    assert "epochs 10 -> 3, lowered by trainer.max_epochs" in line and "raised" not in line
 
 
 class _ScriptedScores(L.LightningModule):

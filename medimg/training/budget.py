@@ -22,14 +22,19 @@ class PhaseBudget:
     epochs: int
     patience: int | None
     total_steps: int
+    epochs_capped: bool = False   # trainer.max_epochs lowered the phase's epochs
 
     def describe(self, ph: PhaseSettings) -> str:
-        raised = []
+        """The budget in one line, with each change to the phase's own epochs and patience and its reason."""
+        changes = []
         if self.epochs != ph.epochs:
-            raised.append(f"epochs {ph.epochs} -> {self.epochs}")
+            why = ("lowered by trainer.max_epochs" if self.epochs_capped
+                   else f"raised to reach min_steps={ph.min_steps} on the small data set")
+            changes.append(f"epochs {ph.epochs} -> {self.epochs}, {why}")
         if self.patience != ph.patience:
-            raised.append(f"patience {ph.patience} -> {self.patience}")
-        what = f" (raised for the small data set: {', '.join(raised)})" if raised else ""
+            changes.append(f"patience {ph.patience} -> {self.patience}, raised to reach "
+                           f"patience_min_steps={ph.patience_min_steps} on the small data set")
+        what = f" ({'; '.join(changes)})" if changes else ""
         return f"{self.steps_per_epoch} optimiser steps an epoch, up to {self.total_steps} in all{what}"
 
 
@@ -57,8 +62,7 @@ def steps_per_epoch(n_train: int, batch_size: int, trainer: TrainerSettings, wor
 def phase_budget(ph: PhaseSettings, n_train: int, batch_size: int, trainer: TrainerSettings,
                  world: int) -> PhaseBudget:
     spe = steps_per_epoch(n_train, batch_size, trainer, world)
-    epochs = max(ph.epochs, math.ceil(ph.min_steps / spe))
-    if trainer.max_epochs is not None:
-        epochs = min(epochs, int(trainer.max_epochs))
+    wanted = max(ph.epochs, math.ceil(ph.min_steps / spe))
+    epochs = wanted if trainer.max_epochs is None else min(wanted, int(trainer.max_epochs))
     patience = None if ph.patience is None else max(ph.patience, math.ceil(ph.patience_min_steps / spe))
-    return PhaseBudget(spe, epochs, patience, epochs * spe)
+    return PhaseBudget(spe, epochs, patience, epochs * spe, epochs_capped=epochs < wanted)
