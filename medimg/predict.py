@@ -30,7 +30,8 @@ from medimg.data.inputs import collect_images, image_batches
 from medimg.data.readers import ImageLimits
 from medimg.engines import decide, open_engine
 from medimg.errors import ConfigError
-from medimg.files import write_csv
+from medimg.evaluation.tta import averaged_probs, resolve_views
+from medimg.files import writable_folder, write_csv
 from medimg.inference import UNCALIBRATED, TorchEngine, load_trained, resolve_device
 
 log = logging.getLogger("medimg.predict")
@@ -46,14 +47,6 @@ class PredictResult:
     calibration_note: str = ""
 
 
-def tta_probs(engine, x: torch.Tensor, tta: bool) -> np.ndarray:
-    """Probabilities, averaged with those of the horizontally flipped images when ``tta``."""
-    probs = engine.probs(x)
-    if tta:
-        probs = (probs + engine.probs(torch.flip(x, dims=[-1]))) / 2
-    return probs
-
-
 def predict(cfg: dict[str, Any]) -> PredictResult:
     """Run a prediction config (see conf/predict.yaml) and return what it found and wrote."""
     p = read(PredictSettings, cfg, "")
@@ -62,11 +55,12 @@ def predict(cfg: dict[str, Any]) -> PredictResult:
     cams = CamWriter(p, engine, device) if p.gradcam.enabled else None
     root = Path(p.input).expanduser()
     paths, skipped = collect_images(root)
-    out_dir = Path(p.output_dir)
+    out_dir = writable_folder(p.output_dir, "output_dir=<folder>")  # before any work whose results go there
     result = PredictResult(skipped=[str(s) for s in skipped], calibration_note=engine.calibration_note)
     k = max(1, min(p.top_k, len(engine.class_names)))
+    views = resolve_views(p.tta, p.tta_views)
     print(f"probabilities: {engine.calibration_note}; engine={engine.name}"
-          + (", test-time flip averaging" if p.tta else ""))
+          + (f", averaged over the views {', '.join(views)}" if p.tta else ""))
     binary = engine.threshold is not None and len(engine.class_names) == 2
     if binary:
         pos = engine.class_names[1]
@@ -75,7 +69,7 @@ def predict(cfg: dict[str, Any]) -> PredictResult:
     batches = image_batches(paths, engine.preprocess.transform(), p.batch_size, limits, result.unreadable,
                             single=root.is_file())
     for batch_paths, x in batches:
-        probs = tta_probs(engine, x, p.tta)
+        probs = averaged_probs(engine.probs, x, views)
         decisions = decide(probs, engine.threshold)
         figures = cams.write(x, batch_paths, root, probs, decisions) if cams is not None else []
         result.figures += [str(f) for f in figures]

@@ -62,3 +62,22 @@ def test_every_key_is_commented():
                 if top_level_key and s.split(":")[0] != "defaults" and "#" not in s and not s.endswith(":"):
                     uncommented.append(f"{path.name}: {s}")
     assert not uncommented, uncommented
+
+
+def test_the_precision_names_are_lightnings():
+    import typing
+
+    from lightning.fabric import connector
+
+    from medimg.names import PRECISIONS
+
+    lightning = [*typing.get_args(connector._PRECISION_INPUT_STR), *typing.get_args(connector._PRECISION_INPUT_STR_ALIAS)]
+    assert sorted(PRECISIONS) == sorted(lightning)
+
+
+def test_the_name_tables_refuse_a_name_listed_in_one_place_only():
+    from medimg.names import same_names
+
+    same_names({"a": 1, "b": 2}, ("a", "b"), "letters")
+    with pytest.raises(RuntimeError, match="letters: the table has"):
+        same_names({"a": 1}, ("a", "b"), "letters")

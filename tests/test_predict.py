@@ -16,6 +16,7 @@ from PIL import Image
 
 from medimg.data.inputs import collect_images
 from medimg.data.readers import read_image
+from medimg.errors import ConfigError
 from medimg.errors import UserError as PredictInputError
 from medimg.inference import CheckpointError, load_trained
 from medimg.predict import expand_shorthands, predict
@@ -172,16 +173,35 @@ def test_binary_operating_threshold_decides(tiny_ckpt, tmp_path, capsys):
     assert f"decision: {names[1]} when P({names[1]}) >= 0.001" in capsys.readouterr().out
 
 
-def test_tta_averages_the_flip(tiny_ckpt, tmp_path):
+def test_tta_averages_the_same_views_as_evaluate(tiny_ckpt, tmp_path):
     img = tmp_path / "a.png"
     _rgb(seed=9).save(img)
-    _rgb(seed=9).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "flipped.png")
+    _rgb(seed=9).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "hflip.png")
+    _rgb(seed=9).transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(tmp_path / "vflip.png")
     classes = load_trained(tiny_ckpt).class_names
     a = predict(_cfg(tiny_ckpt, img, tmp_path / "o1")).rows[0]
-    b = predict(_cfg(tiny_ckpt, tmp_path / "flipped.png", tmp_path / "o2")).rows[0]
-    t = predict(_cfg(tiny_ckpt, img, tmp_path / "o3", tta=True)).rows[0]
+    h = predict(_cfg(tiny_ckpt, tmp_path / "hflip.png", tmp_path / "o2")).rows[0]
+    v = predict(_cfg(tiny_ckpt, tmp_path / "vflip.png", tmp_path / "o3")).rows[0]
+    t = predict(_cfg(tiny_ckpt, img, tmp_path / "o4", tta=True)).rows[0]  # tta_views: [hflip, vflip], as evaluate
+    t2 = predict(_cfg(tiny_ckpt, img, tmp_path / "o5", tta=True, tta_views="[hflip]")).rows[0]
     for c in classes:
-        assert t[f"p_{c}"] == pytest.approx((a[f"p_{c}"] + b[f"p_{c}"]) / 2, abs=1e-5)
+        assert t[f"p_{c}"] == pytest.approx((a[f"p_{c}"] + h[f"p_{c}"] + v[f"p_{c}"]) / 3, abs=1e-5)
+        assert t2[f"p_{c}"] == pytest.approx((a[f"p_{c}"] + h[f"p_{c}"]) / 2, abs=1e-5)
+    evaluate_defaults = command_config("evaluate", tmp_path / "e", "ckpt_path=x")
+    assert command_config("predict", tmp_path / "p")["tta_views"] == evaluate_defaults["tta_views"]
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_an_unknown_tta_view_is_refused_by_the_settings(command, tmp_path):
+    from medimg.config.commands import EvaluateSettings, PredictSettings
+    from medimg.config.schema import read
+
+    extra = ["input=/nonexistent"] if command == "predict" else []
+    cfg = command_config(command, tmp_path, "ckpt_path=/nonexistent/best.ckpt", "tta=true", "tta_views=[hflip,spin]",
+                         *extra)
+    cfg.pop("dataset", None)
+    with pytest.raises(ConfigError, match=r"tta_views: 'spin' is not one of hflip, vflip, rot90, rot180, rot270"):
+        read(PredictSettings if command == "predict" else EvaluateSettings, cfg, "")
 
 
 def test_gradcam_figures(tiny_ckpt, tmp_path):

@@ -28,6 +28,21 @@ BAD_CONFIGS = [
     ("monitor=test/auroc", "monitor: must be a validation metric"),
     ("dataset.pin_memory=sometimes", "dataset.pin_memory: must be auto, true or false"),
     ("+dataset.imgsize=64", "unknown keys dataset.imgsize for source=synthetic"),
+    ("evaluation.gallery_method=gradcampp", "evaluation.gallery_method: 'gradcampp' is not one of gradcam, gradcam++"),
+    ("callbacks.gradcam.method=nope", "callbacks.gradcam.method: 'nope' is not one of gradcam"),
+    ("calibration.selection.candidates=[temprature]", "calibration.selection.candidates: 'temprature' is not one of"),
+    ("calibration.max_iter=-5", "calibration.max_iter: must be a number > 0"),
+    ("calibration.method=temprature", "calibration.method: 'temprature' is not one of none, temperature"),
+    ("calibration.selection.folds=1", "calibration.selection.folds: cross-validation needs at least 2 folds"),
+    ("dataset.img_size=64.5", "dataset.img_size: must be a whole number, got 64.5"),
+    ("seed=abc", "seed: must be a whole number, got 'abc'"),
+    ("trainer.enable_progress_bar=maybe", "trainer.enable_progress_bar: must be true or false, got 'maybe'"),
+    ("backbone.dropout=high", "backbone.dropout: must be a number, got 'high'"),
+    ("monitor=val/auc", "monitor: 'val/auc' is not one of val/loss, val/accuracy, val/auroc, val/f1_macro"),
+    ("monitor=val/loss", "monitor_mode: val/loss is best when lowest; set monitor_mode=min"),
+    ("trainer.precision=bf15", "trainer.precision: 'bf15' is not one of auto, transformer-engine"),
+    ("trainer.devices=0", "trainer.devices: must be a count > 0, -1 (all), auto, or a list of device ids"),
+    ("dataset.split.seed=[1,2]", "dataset.split.seed: must be a whole number, got [1, 2]"),
 ]
 
 

@@ -11,6 +11,13 @@ from typing import Any
 from medimg.config.dataset import DatasetSettings
 from medimg.config.schema import one_of, positive, require
 from medimg.config.training import CalibrationSettings, EvaluationSettings, PathSettings, TrainerSettings
+from medimg.names import CAM_METHODS, ENGINES, TTA_VIEWS
+
+
+def check_views(views: list[str], where: str) -> None:
+    """The views ``tta=true`` adds to the identity: names from medimg.names.TTA_VIEWS."""
+    for v in views:
+        one_of(v, TTA_VIEWS[1:], where)
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,7 @@ class EvaluateSettings:
 
     def check(self, where: str) -> None:
         one_of(self.split, ("test", "val"), "split")
+        check_views(self.tta_views, "tta_views")
         require(bool(self.ckpt_path) != bool(self.cv_dir), "ckpt_path",
                 "give exactly one of ckpt_path=<run>/checkpoints/best.ckpt or cv_dir=<multirun folder>")
 
@@ -52,6 +60,9 @@ class GradCamSettings:
     method: str
     target: str | None
     layer: str | None
+
+    def check(self, where: str) -> None:
+        one_of(self.method, CAM_METHODS, f"{where}.method")
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,7 @@ class PredictSettings:
     onnx_path: str | None
     threads: int | None
     tta: bool
+    tta_views: list[str]
     max_image_pixels: int | None
     max_aspect_ratio: float | None
     gradcam: GradCamSettings
@@ -75,7 +87,8 @@ class PredictSettings:
 
     def check(self, where: str) -> None:
         require(bool(self.input), "input", "set input=<an image file or a folder of images>")
-        one_of(self.engine, ("torch", "onnx"), "engine")
+        one_of(self.engine, ENGINES, "engine")
+        check_views(self.tta_views, "tta_views")
         one_of(str(self.precision), ("32", "bf16"), "precision")
         positive(self.top_k, "top_k")
         positive(self.batch_size, "batch_size")
@@ -123,6 +136,8 @@ class ExplainSettings:
     def check(self, where: str) -> None:
         require(bool(self.ckpt_path), "ckpt_path", "set ckpt_path=<run>/checkpoints/best.ckpt")
         one_of(self.target, ("label", "predicted"), "target")
+        for m in self.methods:
+            one_of(m, CAM_METHODS, "methods")
         one_of(self.split, ("test", "val", "train"), "split")
 
 

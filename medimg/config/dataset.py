@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from medimg.config.schema import auto_or_bool, fraction, positive, require
+from medimg.names import INTERPOLATIONS, MAX_IMG_SIZE
 
 # the keys each source takes besides the shared ones (conf/dataset/<name>.yaml)
 SOURCE_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -31,7 +32,7 @@ class SplitSettings:
 class DatasetSettings:
     name: str
     source: str
-    root: str
+    root: str | None
     img_size: int | None  # null = the backbone's pretrained input size (as the other null keys below)
     split: SplitSettings
     num_folds: int | None
@@ -103,9 +104,9 @@ class DatasetSettings:
             object.__setattr__(self, key, model[key])
 
     def _check_preprocess(self, where: str) -> None:
-        from medimg.data.transforms import INTERPOLATIONS
-
         positive(self.img_size, f"{where}.img_size", allow_none=True)
+        require(self.img_size is None or self.img_size <= MAX_IMG_SIZE, f"{where}.img_size",
+                f"must be at most {MAX_IMG_SIZE} px, got {self.img_size}")
         positive(self.eval_resize, f"{where}.eval_resize", allow_none=True)
         require(self.interpolation is None or self.interpolation in INTERPOLATIONS, f"{where}.interpolation",
                 f"must be null (the backbone's) or one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")

@@ -10,6 +10,7 @@ Each dataclass may define ``check(self)`` to validate values; errors name the fu
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -53,15 +54,42 @@ def key(where: str, name: str) -> str:
 def _value(hint: Any, value: Any, where: str) -> Any:
     if isinstance(value, str) and value == MISSING:
         raise ConfigError(f"{where} has no value; set it on the command line: {where}=...")
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        arms = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None and len(arms) < len(typing.get_args(hint)):
+            return None
+        return _value(arms[0], value, where) if len(arms) == 1 else value  # several types: check() decides
     if dataclasses.is_dataclass(hint):
         return read(hint, value, where)
-    if typing.get_origin(hint) is dict:
+    if origin is dict:
         _, item = typing.get_args(hint)
         if dataclasses.is_dataclass(item):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{where} must be a mapping, got {value!r}")
             return {str(k): read(item, v, key(where, k)) for k, v in value.items()}
-    return value
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: must be a list, e.g. {where}=[a,b], got {value!r}")
+        item = typing.get_args(hint)[0] if typing.get_args(hint) else Any
+        return [_value(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return _scalar(hint, value, where)
+
+
+def _scalar(hint: Any, value: Any, where: str) -> Any:
+    """``value`` as the scalar type ``hint`` wants (numbers are accepted where text is), or a ConfigError."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: must be true or false, got {value!r}")
+    if hint is int and not (number and float(value).is_integer()):
+        raise ConfigError(f"{where}: must be a whole number, got {value!r}")
+    if hint is float and not number:
+        raise ConfigError(f"{where}: must be a number, got {value!r}")
+    if hint is str and not isinstance(value, str):
+        if not number:
+            raise ConfigError(f"{where}: must be text, got {value!r}")
+        return str(value)
+    return int(value) if hint is int else value
 
 
 def require(ok: bool, where: str, message: str) -> None:

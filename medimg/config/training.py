@@ -7,6 +7,7 @@ from typing import Any
 
 from medimg.config.dataset import DatasetSettings
 from medimg.config.schema import auto_or_bool, one_of, positive, read, require
+from medimg.names import CALIBRATION_FITS, CALIBRATION_METHODS, CAM_METHODS, PRECISIONS, VALIDATION_METRICS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("cosine", "step", "plateau", "none")
@@ -25,7 +26,7 @@ class PathSettings:
 class BackboneSettings:
     name: str
     weights: str | None
-    last_blocks: list[str]
+    last_blocks: Any              # last | a count of last blocks | a list of block names | all
     dropout: float
 
     def check(self, where: str) -> None:
@@ -144,6 +145,12 @@ class TrainerSettings:
 
     def check(self, where: str) -> None:
         one_of(self.accelerator, ("auto", "cpu", "gpu", "cuda", "mps"), f"{where}.accelerator")
+        one_of(str(self.precision), ("auto", *PRECISIONS), f"{where}.precision")
+        devices_ok = self.devices in ("auto", -1) or (isinstance(self.devices, int) and self.devices > 0) or (
+            isinstance(self.devices, list) and len(self.devices) > 0) or (
+            isinstance(self.devices, str) and self.devices.replace(",", "").strip().isdigit())
+        require(devices_ok and not isinstance(self.devices, bool), f"{where}.devices",
+                f"must be a count > 0, -1 (all), auto, or a list of device ids such as [0,1], got {self.devices!r}")
         positive(self.max_epochs, f"{where}.max_epochs", allow_none=True)
         positive(self.accumulate_grad_batches, f"{where}.accumulate_grad_batches")
 
@@ -178,6 +185,7 @@ class GradCamLogSettings:
     def check(self, where: str) -> None:
         positive(self.every_n_epochs, f"{where}.every_n_epochs")
         positive(self.num_images, f"{where}.num_images")
+        one_of(self.method, CAM_METHODS, f"{where}.method")
 
 
 @dataclass(frozen=True)
@@ -191,14 +199,31 @@ class CallbackSettings:
 
 
 @dataclass(frozen=True)
+class SelectionSettings:
+    candidates: list[str]         # the fits calibration=auto compares
+    folds: int                    # cross-validation folds of the validation split
+    seed: int                     # seeds the fold assignment
+
+    def check(self, where: str) -> None:
+        require(len(self.candidates) > 0, f"{where}.candidates", "must name at least one method")
+        for c in self.candidates:
+            one_of(c, CALIBRATION_FITS, f"{where}.candidates")
+        require(self.folds >= 2, f"{where}.folds", f"cross-validation needs at least 2 folds, got {self.folds}")
+
+
+@dataclass(frozen=True)
 class CalibrationSettings:
     method: str
     threshold: Any                # youden | target_sensitivity | a number in (0, 1)
     target_sensitivity: float
     max_iter: int
-    selection: dict[str, Any] | None  # calibration=auto: candidates, folds, seed
+    selection: SelectionSettings | None  # calibration=auto: candidates, folds, seed
 
     def check(self, where: str) -> None:
+        one_of(self.method, CALIBRATION_METHODS, f"{where}.method")
+        positive(self.max_iter, f"{where}.max_iter")
+        require(self.method != "auto" or self.selection is not None, f"{where}.selection",
+                "calibration.method=auto needs the candidates, folds and seed keys (calibration=auto has them)")
         ok = self.threshold in ("youden", "target_sensitivity") or (
             isinstance(self.threshold, float | int) and 0 < self.threshold < 1)
         require(ok, f"{where}.threshold", f"must be youden, target_sensitivity or a number in (0, 1), "
@@ -220,6 +245,7 @@ class EvaluationSettings:
     def check(self, where: str) -> None:
         require(0 < self.interval_level < 1, f"{where}.interval_level", "must be in (0, 1), e.g. 0.95")
         require(self.bootstrap_resamples >= 0, f"{where}.bootstrap_resamples", "must be >= 0")
+        one_of(self.gallery_method, CAM_METHODS, f"{where}.gallery_method")
 
 
 @dataclass(frozen=True)
@@ -254,6 +280,10 @@ class TrainSettings:
                 "dataset.class_weights=false (or dataset.sampling=shuffle)")
         require(self.monitor.startswith("val/"), "monitor", f"must be a validation metric (val/...), "
                                                              f"got {self.monitor!r}")
+        one_of(self.monitor, VALIDATION_METRICS, "monitor")
+        best = "min" if self.monitor == "val/loss" else "max"
+        require(self.monitor_mode == best, "monitor_mode", f"{self.monitor} is best when "
+                f"{'lowest' if best == 'min' else 'highest'}; set monitor_mode={best}")
 
 
 def train_settings(config: dict[str, Any]) -> TrainSettings:

@@ -23,10 +23,11 @@ from sklearn.model_selection import KFold, StratifiedKFold
 
 from medimg.errors import ConfigError
 from medimg.evaluation.calibration import calibrated_probs, fit_method
+from medimg.names import CALIBRATION_FITS
 
 log = logging.getLogger(__name__)
 
-SELECTABLE = ("none", "temperature", "platt", "bcts", "vector", "isotonic")
+SELECTABLE = CALIBRATION_FITS
 
 
 def fold_indices(targets: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:

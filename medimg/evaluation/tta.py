@@ -7,9 +7,13 @@ orientation such as dermoscopy, rotations (``rot90``, ``rot180``, ``rot270``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
+
+from medimg.errors import ConfigError
+from medimg.names import TTA_VIEWS, same_names
 
 VIEWS = {
     "identity": lambda x: x,
@@ -19,6 +23,7 @@ VIEWS = {
     "rot180": lambda x: torch.rot90(x, 2, (-2, -1)),
     "rot270": lambda x: torch.rot90(x, 3, (-2, -1)),
 }
+same_names(VIEWS, TTA_VIEWS, "test-time augmentation views")
 
 
 def resolve_views(enabled: bool, views: Sequence[str] | None) -> list[str]:
@@ -28,7 +33,7 @@ def resolve_views(enabled: bool, views: Sequence[str] | None) -> list[str]:
     out = ["identity"]
     for v in views or ("hflip", "vflip"):
         if v not in VIEWS:
-            raise ValueError(f"unknown tta view {v!r} in tta_views; choose from {sorted(VIEWS)}")
+            raise ConfigError(f"tta_views: unknown view {v!r}; choose from {', '.join(TTA_VIEWS[1:])}")
         if v not in out:
             out.append(v)
     return out
@@ -36,3 +41,9 @@ def resolve_views(enabled: bool, views: Sequence[str] | None) -> list[str]:
 
 def apply_view(x: torch.Tensor, view: str) -> torch.Tensor:
     return VIEWS[view](x)
+
+
+def averaged_probs(probs_of: Callable[[torch.Tensor], Any], x: torch.Tensor, views: Sequence[str]) -> Any:
+    """The probabilities ``probs_of`` gives each view of ``x`` (``resolve_views``), averaged: calibrated per
+    view, then averaged, as ``SplitOutputs.probs`` does for evaluate."""
+    return sum(probs_of(apply_view(x, v)) for v in views) / len(views)

@@ -24,6 +24,7 @@ from torch import nn
 from medimg.errors import ConfigError
 from medimg.files import save_figure
 from medimg.models.backbones import BackboneInfo, backbone_info
+from medimg.names import CAM_METHODS, same_names
 
 METHODS = {
     "gradcam": GradCAM,
@@ -32,6 +33,7 @@ METHODS = {
     "eigencam": EigenCAM,
     "layercam": LayerCAM,
 }
+same_names(METHODS, CAM_METHODS, "Grad-CAM methods")
 
 
 def _network(model: nn.Module) -> nn.Module:

@@ -22,6 +22,7 @@ from medimg.models.freezing import apply_freeze, resolve_blocks
 from medimg.models.losses import classification_loss
 from medimg.models.mixing import build_mixer
 from medimg.models.optim import build_optimizer, build_schedule
+from medimg.names import MODEL_METRICS, same_names
 
 
 class NonFiniteLossError(RuntimeError):
@@ -32,14 +33,13 @@ def _metrics(num_classes: int, prefix: str, validate_args: bool = True) -> Metri
     """``validate_args=False`` for the training metrics: their input checks read values back from the
     device (a host sync) on every update, and the inputs are the model's own softmax and the loader's labels."""
     kw = {"validate_args": validate_args}
-    return MetricCollection(
-        {
-            "accuracy": MulticlassAccuracy(num_classes, average="micro", **kw),
-            "auroc": MulticlassAUROC(num_classes, average="macro", **kw),
-            "f1_macro": MulticlassF1Score(num_classes, average="macro", **kw),
-        },
-        prefix=prefix,
-    )
+    metrics = {
+        "accuracy": MulticlassAccuracy(num_classes, average="micro", **kw),
+        "auroc": MulticlassAUROC(num_classes, average="macro", **kw),
+        "f1_macro": MulticlassF1Score(num_classes, average="macro", **kw),
+    }
+    same_names(metrics, MODEL_METRICS, "the model's metrics")
+    return MetricCollection(metrics, prefix=prefix)
 
 
 class ImageClassifier(L.LightningModule):
@@ -124,7 +124,8 @@ class ImageClassifier(L.LightningModule):
         """The training objective: class-weighted (focal) cross-entropy with label smoothing; ``targets`` are
         class indices or, for mixed images, class distributions (see losses.py)."""
         hp = self.hparams
-        return classification_loss(logits, targets, self.class_weight, hp.label_smoothing, hp.focal_gamma)
+        weight = None if self.class_weight is None else self.class_weight.to(logits.device)  # no-op in training
+        return classification_loss(logits, targets, weight, hp.label_smoothing, hp.focal_gamma)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
