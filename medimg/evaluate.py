@@ -67,9 +67,12 @@ def runtime_of(e: EvaluateSettings) -> Runtime:
 
 
 def build_datamodule(ds: DatasetSettings, e: EvaluateSettings, rt: Runtime, ckpt: str | Path) -> MedImageDataModule:
-    """The data prepared as the checkpoint ``ckpt`` says (its stored preprocessing: size, resampling, statistics)."""
-    preprocess = Preprocess.from_dict(load_checkpoint(ckpt)["hyper_parameters"]["preprocess"])
-    dm = MedImageDataModule(ds, work_dir(ds, e.paths.cache_dir), rt.pin_memory, e.seed, preprocess)
+    """The data prepared as the checkpoint ``ckpt`` says (its stored preprocessing: size, resampling, statistics),
+    its classes in the checkpoint's order."""
+    hparams = load_checkpoint(ckpt)["hyper_parameters"]
+    preprocess = Preprocess.from_dict(hparams["preprocess"])
+    dm = MedImageDataModule(ds, work_dir(ds, e.paths.cache_dir), rt.pin_memory, e.seed, preprocess,
+                            class_order=list(hparams["class_names"]))
     dm.prepare_data()
     dm.setup("test")
     return dm
@@ -105,7 +108,7 @@ def evaluate_checkpoint(e: EvaluateSettings, rt: Runtime, dm: MedImageDataModule
     result = evaluate_split(trainer, model, dm, e.split, calibration, resolve_views(e.tta, e.tta_views), options)
     if e.robustness:
         c = e.corruptions
-        evaluate_robustness(trainer, model, dm, out_dir / "robustness", c.names, c.severities, c.seed, c.metric,
+        evaluate_robustness(trainer, model, dm, calibration, out_dir / "robustness", c.names, c.severities, c.seed, c.metric,
                             e.split, dm.ds.eval_batch_size, dm.ds.num_workers)
     if trainer.is_global_zero:
         title = f"Evaluation: {dm.ds.name}, {trained.backbone}"

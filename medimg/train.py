@@ -31,7 +31,7 @@ from medimg.evaluation.subgroups import check_subgroup_columns
 from medimg.inference import run_dir_of
 from medimg.models.backbones import blocks_of, check_weights
 from medimg.models.freezing import resolve_blocks
-from medimg.training.finish import finish_run
+from medimg.training.finish import finish_run, keep_best
 from medimg.training.model import build_model
 from medimg.training.phase_book import PhaseBook
 from medimg.training.phases import load_weights, run_phases
@@ -83,14 +83,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if best:
         load_weights(model, best)
     trainer = build_eval_trainer(s.trainer, rt, s.logger, s.callbacks.rich_progress, run_dir, "test")
-    calibration = fit_on_validation(trainer, model, dm, s.calibration)  # stored in best.ckpt
+    calibration = fit_on_validation(trainer, model, dm, s.calibration)
+    if trainer.is_global_zero:  # every rank took part in the evaluations; rank 0 writes
+        keep_best(run_dir, best, calibration)
     options = evaluation_options(as_dict(s.evaluation), s.dataset.subgroup_columns, s.dataset.subgroup_bins)
     result = evaluate_split(trainer, model, dm, "test", calibration, options=options) if s.test else None
-    if result is not None and best_score is not None:  # what a search should rank by: validation, not test
-        result.metrics[f"{s.monitor}_best"] = best_score
-    if trainer.is_global_zero:  # every rank took part in the evaluation; rank 0 writes
-        finish_run(s, run_dir, best, calibration, result, trainer)
-    return result.metrics if result else {}
+    metrics = dict(result.metrics) if result else {}
+    if best_score is not None:  # what a search should rank by: validation, not test (also with test=false)
+        metrics[f"{s.monitor}_best"] = best_score
+    if trainer.is_global_zero:
+        finish_run(s, run_dir, best, result, metrics, trainer)
+    return metrics
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
@@ -98,7 +101,7 @@ def main(cfg: DictConfig) -> float | None:
     metrics = run_task(train, cfg)
     name = cfg.get("optimized_metric")
     if name and name not in metrics:
-        log.warning("optimized_metric=%s is not among the test metrics %s", name, sorted(metrics))
+        log.warning("optimized_metric=%s is not among the run's metrics %s", name, sorted(metrics))
         return None
     return metrics.get(name) if name else None
 

@@ -101,7 +101,6 @@ class _ContrastModel(nn.Module):
         super().__init__()
         self.scale = nn.Parameter(torch.tensor(8.0))
         self.class_names = ["flat", "textured"]
-        self.calibration = None
 
     def forward(self, x):
         s = self.scale * (x.flatten(1).std(1) - 0.5)
@@ -139,7 +138,7 @@ def test_evaluate_robustness_writes_its_folder(tmp_path):
     dm = _test_split(tmp_path)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     out = tmp_path / "robustness"
-    summary = evaluate_robustness(trainer, _ContrastModel(), dm, out, ["contrast", "gaussian_blur"], [1, 3, 5],
+    summary = evaluate_robustness(trainer, _ContrastModel(), dm, None, out, ["contrast", "gaussian_blur"], [1, 3, 5],
                                   seed=0, metric="accuracy", split="test", batch_size=8, num_workers=0)
     table = pd.read_csv(out / "robustness.csv")
     assert len(table) == 1 + 2 * 3 and set(table["corruption"]) == {"none", "contrast", "gaussian_blur"}

@@ -24,7 +24,6 @@ from typing import Any
 import lightning as L
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
 from medimg.config.schema import as_dict
@@ -135,10 +134,8 @@ def evaluate_split(trainer: L.Trainer, model, dm, split: str, calibration: dict[
     table = dm.split_table(split)
     outputs = collect_outputs(trainer, model, split_loader(dm, split), views, expected_rows=len(table))
     ev = evaluation_from_outputs(outputs, table, model.class_names, calibration, split, views)
-    weight = model.class_weight.cpu() if model.class_weight is not None else None
-    ev.metrics[f"{split}/loss"] = float(F.cross_entropy(outputs.mean_logits().float(), outputs.targets,
-                                                        weight=weight,
-                                                        label_smoothing=model.hparams.label_smoothing))
+    with torch.no_grad():
+        ev.metrics[f"{split}/loss"] = float(model.loss(outputs.mean_logits().float(), outputs.targets))
     if options is not None:
         gallery_model = model if trainer.is_global_zero else None
         analyse(ev, options, gallery_model, dm.datasets[split], dm.eval_tf)

@@ -24,7 +24,7 @@ HEADLINE = [
     ("mce", "MCE (top label, 15 bins)"),
     ("ece_positive", "ECE of P(positive class)"),
     ("mce_positive", "MCE of P(positive class)"),
-    ("loss", "class-weighted cross-entropy on this split (the training objective)"),
+    ("loss", "the training objective on this split (its class weights, label smoothing and focal gamma)"),
 ]
 OPERATING = [("threshold", "operating threshold"), ("sensitivity", "sensitivity"), ("specificity", "specificity")]
 PER_CLASS = ["support", "precision", "recall", "f1", "auroc", "pr_auc"]

@@ -68,18 +68,19 @@ class CorruptedImages(Dataset):
         return self.normalise(x), self.targets[i], i
 
 
-def corruption_metrics(trainer, model, dataset: Dataset, class_names: Sequence[str], batch_size: int,
-                       num_workers: int) -> dict[str, float]:
-    """Calibrated metrics of ``model`` on ``dataset`` (all ranks take part)."""
+def corruption_metrics(trainer, model, dataset: Dataset, class_names: Sequence[str], calibration: dict | None,
+                       batch_size: int, num_workers: int) -> dict[str, float]:
+    """Metrics of ``model`` on ``dataset`` through ``calibration`` (the checkpoint's state dict; None for raw
+    probabilities), all ranks taking part."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     outputs = collect_outputs(trainer, model, loader, expected_rows=len(dataset))
-    state = model.calibration or {}
+    state = calibration or {}
     probs = outputs.probs(state)
     return classification_metrics(probs, outputs.targets, class_names, threshold=state.get("threshold"))
 
 
 def robustness_table(trainer, model, base, eval_tf: v2.Compose, class_names: Sequence[str],
-                     corruptions: Sequence[str], severities: Sequence[int], seed: int, batch_size: int,
+                     calibration: dict | None, corruptions: Sequence[str], severities: Sequence[int], seed: int, batch_size: int,
                      num_workers: int) -> pd.DataFrame:
     """One row per (corruption, severity) plus the clean row (``corruption = none``, severity 0)."""
     check_corruptions(corruptions, severities)
@@ -87,7 +88,7 @@ def robustness_table(trainer, model, base, eval_tf: v2.Compose, class_names: Seq
     rows = []
     for name, severity in runs:
         ds = CorruptedImages(base, eval_tf, name, severity, seed)
-        m = corruption_metrics(trainer, model, ds, class_names, batch_size, num_workers)
+        m = corruption_metrics(trainer, model, ds, class_names, calibration, batch_size, num_workers)
         rows.append({"corruption": name, "severity": severity, **{k: m.get(k, np.nan) for k in COLUMNS}})
         log.info("robustness: %s severity %d: %s", name, severity,
                  ", ".join(f"{k} {m[k]:.4f}" for k in COLUMNS if k in m))
@@ -116,14 +117,14 @@ def corruption_summary(table: pd.DataFrame, metric: str) -> dict[str, Any]:
     }
 
 
-def evaluate_robustness(trainer, model, dm, out_dir: str | Path, corruptions: Sequence[str],
+def evaluate_robustness(trainer, model, dm, calibration: dict | None, out_dir: str | Path, corruptions: Sequence[str],
                         severities: Sequence[int], seed: int, metric: str, split: str, batch_size: int,
                         num_workers: int) -> dict[str, Any]:
     """Evaluate ``split`` of ``dm`` under every corruption and severity (all ranks take part); rank 0 writes
     ``<out_dir>/robustness.csv``, ``robustness.json`` (the summary), ``figures/robustness.png``,
     ``figures/corruption_examples.png`` and ``report.md``. Returns the summary."""
     base = dm.datasets[split]
-    table = robustness_table(trainer, model, base, dm.eval_tf, model.class_names, corruptions, severities, seed,
+    table = robustness_table(trainer, model, base, dm.eval_tf, model.class_names, calibration, corruptions, severities, seed,
                              batch_size, num_workers)
     summary = corruption_summary(table, metric)
     summary.update(split=split, images=len(base.paths), seed=int(seed), severities=list(severities))

@@ -1,7 +1,9 @@
-"""The end of a training run (rank 0): ``best.ckpt`` with its calibration, the test results, what produced them."""
+"""The end of a training run (rank 0): ``best.ckpt`` with its calibration (kept before the test split is
+evaluated, so a late failure loses nothing trained), then the test results and what produced them."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +19,24 @@ from medimg.reporting import print_metrics
 from medimg.run_info import run_info
 
 
-def finish_run(s: TrainSettings, run_dir: Path, best: str | None, calibration: dict[str, Any] | None,
-               result: Evaluation | None, trainer: L.Trainer) -> None:
-    """best.ckpt (with the calibration), the test results (metrics.json, predictions.csv, figures/, report.md),
-    run_info.json, hparams with the final metrics, the printed table."""
+def keep_best(run_dir: Path, best: str | None, calibration: dict[str, Any] | None) -> None:
+    """``checkpoints/best.ckpt``: the best phase's weights with the calibration fitted on validation."""
     if best:
         save_calibrated(best, run_dir / "checkpoints" / "best.ckpt", calibration)
-    metrics = result.metrics if result else {}
+
+
+def finish_run(s: TrainSettings, run_dir: Path, best: str | None, result: Evaluation | None,
+               metrics: dict[str, float], trainer: L.Trainer) -> None:
+    """The test results (predictions.csv, figures/, report.md), metrics.json (the run's ``metrics``: the test
+    metrics and the best validation score), run_info.json, hparams with the final metrics, the printed table."""
     headline = {k: v for k, v in metrics.items() if "/per_class/" not in k}
     if result:
         title = f"Test evaluation: {s.dataset.name}, {s.backbone.name}, stage {s.stage.name}"
         ckpt = str(run_dir / "checkpoints" / "best.ckpt") if best else "none saved (the final weights were evaluated)"
-        write_evaluation(result, run_dir, trainer.loggers, title, [("run folder", str(run_dir)), ("checkpoint", ckpt)])
+        write_evaluation(replace(result, metrics=metrics), run_dir, trainer.loggers, title,
+                         [("run folder", str(run_dir)), ("checkpoint", ckpt)])
+    else:  # test=false: the validation score a search ranks by
+        write_json(run_dir / "metrics.json", metrics)
     info = run_info()
     write_json(run_dir / "run_info.json", info)
     hparams = hyperparameters(s, info)
@@ -37,7 +45,7 @@ def finish_run(s: TrainSettings, run_dir: Path, best: str | None, calibration: d
             lg.log_hyperparams(hparams, headline)
         else:
             lg.log_hyperparams(hparams)
-    print_metrics(headline, title=f"test metrics ({s.dataset.name}, {s.backbone.name})")
+    print_metrics(headline, title=f"{'test' if result else 'validation'} metrics ({s.dataset.name}, {s.backbone.name})")
     print(f"run folder: {run_dir}")
 
 
