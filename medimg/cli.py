@@ -1,7 +1,8 @@
 """What every ``python -m medimg.<command>`` entry point shares: where the configs live, and how it runs.
 
 ``run_task`` keeps third-party chatter off the console and turns a ``UserError`` (bad config, missing data,
-offline weights, a bad checkpoint ...) into one logged message and a non-zero exit, without a traceback
+offline weights, a bad checkpoint ...), or a write that failed on a read-only folder or a full disk, into one
+logged message and a non-zero exit, without a traceback
 (``HYDRA_FULL_ERROR=1`` or ``MEDIMG_DEBUG=1`` keeps it). Inside a sweep (``-m``) the error is raised on, so
 that the sweep records the job as failed and goes on with the next one.
 """
@@ -20,6 +21,7 @@ from omegaconf import OmegaConf
 
 from medimg.console import quiet_third_party
 from medimg.errors import UserError
+from medimg.files import WRITE_ERRNOS, write_failure
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 T = TypeVar("T")
@@ -57,6 +59,11 @@ def run_task(task: Callable[..., T], *args, **kwargs) -> T:
         if debug_enabled() or in_multirun():
             raise
         report_error(e)
+        sys.exit(1)
+    except OSError as e:  # a read-only folder or a full disk under a library's own write (checkpoints, logs)
+        if e.errno not in WRITE_ERRNOS or debug_enabled() or in_multirun():
+            raise
+        report_error(write_failure(e, e.filename or "the run's files", "paths.log_dir=<folder>, or output_dir="))
         sys.exit(1)
 
 

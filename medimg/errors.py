@@ -24,5 +24,13 @@ class MissingDataError(UserError, FileNotFoundError):
     """Data that are not where the config says: a missing folder, file, or a data set not downloaded yet."""
 
 
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that is missing, unreadable, not written by medimg, or does not fit the data."""
+
+
+class WriteError(UserError, OSError):
+    """A file medimg could not write (a read-only folder, a full disk): names the path and what it holds."""
+
+
 class DataExistsError(UserError, FileExistsError):
     """A folder that should be new or medimg's own but holds something else."""

@@ -10,6 +10,7 @@ downloads).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -19,23 +20,66 @@ from typing import Any
 
 from filelock import FileLock
 
+from medimg.errors import WriteError
+
+# what the file system answers when a folder is read-only, full or not ours (the rest stays an OSError), and
+# what to do about it
+WRITE_ERRNOS = {errno.EROFS: ("the file system is read-only", "write elsewhere"),
+                errno.ENOSPC: ("no space is left on the device", "free space there or write elsewhere"),
+                errno.EDQUOT: ("the disk quota is used up", "free space there or write elsewhere"),
+                errno.EACCES: ("permission denied", "write elsewhere"),
+                errno.EPERM: ("permission denied", "write elsewhere"),
+                errno.EFBIG: ("the file is too large for the file system", "write elsewhere"),
+                errno.ENOTDIR: ("a file is in the way of the folder", "write elsewhere")}
+
+
+def write_failure(e: OSError, what: str, where: str) -> WriteError:
+    """The WriteError for ``e`` (an errno of WRITE_ERRNOS) while writing ``what``; ``where`` says which keys
+    choose another place."""
+    reason, fix = WRITE_ERRNOS[e.errno]
+    return WriteError(f"cannot write {what}: {reason}; {fix} ({where})")
+
+
+def writable_folder(folder: str | Path, where: str) -> Path:
+    """``folder``, created if needed and proven writable by a probe file (removed at once), before any work
+    whose results would go there; else a WriteError naming it and ``where`` (the keys that move it)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(prefix=".probe.", dir=folder):
+            pass
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        raise write_failure(e, f"into the folder {folder}", where) from None
+    return folder
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path) -> Iterator[Path]:
     """Yields a temporary path next to ``path``; when the block ends without an error, the file written there
-    is fsynced and renamed to ``path``. The temporary name starts with a dot, so folder scans skip it."""
+    is fsynced and renamed to ``path``. The temporary name starts with a dot, so folder scans skip it. A
+    read-only folder or a full disk raises a WriteError naming ``path``; the destination is left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as e:
+        elsewhere = e.filename is not None and not str(e.filename).startswith(str(path.parent))
+        if e.errno not in WRITE_ERRNOS or elsewhere:  # not this write's failure (reading an input, say)
+            raise
+        raise write_failure(e, str(path), "the command's output_dir=, or paths.log_dir= for a run") from e
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:

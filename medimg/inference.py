@@ -21,17 +21,13 @@ import numpy as np
 import torch
 
 from medimg.data.transforms import Preprocess
-from medimg.errors import UserError
+from medimg.errors import CheckpointError, UserError
 from medimg.evaluation.calibration import calibrated_probs, describe, is_calibrated
 from medimg.evaluation.metrics import predict_labels
 from medimg.files import read_torch, save_torch
 from medimg.models.classifier import ImageClassifier
 
 UNCALIBRATED = "UNCALIBRATED: the checkpoint holds no calibration (plain softmax)"
-
-
-class CheckpointError(UserError, ValueError):
-    """A checkpoint that is missing, unreadable, not written by medimg, or does not fit the data."""
 
 
 def checkpoint_entry(phase: dict[str, Any], phases_done: dict[str, Any], class_names, settings: dict[str, Any],

@@ -37,6 +37,11 @@ def metadata(trained: TrainedModel) -> dict[str, str]:
     }
 
 
+def first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
 class OnnxEngine:
     """An exported ``model.onnx`` through onnxruntime: its ``probs`` output has the calibration folded in;
     class names and preprocessing come from its metadata."""
@@ -57,14 +62,21 @@ class OnnxEngine:
         wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") \
             else ["CPUExecutionProvider"]
         providers = [p for p in wanted if p in ort.get_available_providers()]
-        self.session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
+        try:  # onnxruntime's own errors (InvalidProtobuf, external data outside the model's folder ...)
+            self.session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
+        except Exception as e:
+            raise UserError(f"{onnx_path} is not an ONNX model onnxruntime can load ({first_line(e)}); export it "
+                            "again with `python -m medimg.export ckpt_path=<ckpt> format=onnx`") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if "medimg.class_names" not in meta:
             raise UserError(f"{onnx_path} was not exported by medimg (no class names in its metadata)")
-        self.class_names: list[str] = json.loads(meta["medimg.class_names"])
-        self.preprocess = Preprocess.from_dict(json.loads(meta["medimg.preprocess"]))
+        try:
+            self.class_names: list[str] = [str(c) for c in json.loads(meta["medimg.class_names"])]
+            self.preprocess = Preprocess.from_dict(json.loads(meta["medimg.preprocess"]))
+            self.calibration: dict[str, Any] | None = json.loads(meta.get("medimg.calibration", "null"))
+        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            raise UserError(f"{onnx_path}: its medimg metadata is damaged ({first_line(e)}); export it again") from None
         self.calibration_note = meta.get("medimg.calibration_note", "calibration unknown")
-        self.calibration: dict[str, Any] | None = json.loads(meta.get("medimg.calibration", "null"))
         self.threshold = (self.calibration or {}).get("threshold")
         self.input_name = self.session.get_inputs()[0].name
 

@@ -66,12 +66,15 @@ class MedImageDataModule(L.LightningDataModule):
 
     ``train_seed`` fixes the order and augmentation of every training epoch (see data/sampling.py).
     ``preprocess`` (a trained model's, for evaluation) replaces the data set's size, resampling and
-    normalisation; by default they are the data set's (``preprocess_of``).
+    normalisation; by default they are the data set's (``preprocess_of``). ``class_order`` (a trained model's
+    classes, for evaluation) orders the data's classes as the model does when the two are the same set: a
+    folder of another site's images lists them alphabetically.
     """
 
     def __init__(self, ds: DatasetSettings, work_dir: str | Path, pin_memory: bool, train_seed: int,
-                 preprocess: Preprocess | None = None):
+                 preprocess: Preprocess | None = None, class_order: list[str] | None = None):
         super().__init__()
+        self.class_order = list(class_order) if class_order is not None else None
         self.ds = ds
         self.preprocess = preprocess or preprocess_of(ds)
         self.work_dir = Path(work_dir)
@@ -102,7 +105,8 @@ class MedImageDataModule(L.LightningDataModule):
             missing = sorted(set(classes) - set(part["label"]))
             if missing and split == "train":
                 raise DataError(f"classes {missing} have no training images in dataset {ds.name}")
-        self.class_names = list(classes)
+        same_set = self.class_order is not None and sorted(self.class_order) == sorted(classes)
+        self.class_names = list(self.class_order) if same_set else list(classes)
         return df
 
     @property

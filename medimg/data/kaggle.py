@@ -25,7 +25,7 @@ from pathlib import Path
 from filelock import Timeout
 
 from medimg.data.archive import ArchiveLimits, UnsafeArchiveError, check_zip, safe_extract
-from medimg.errors import UserError
+from medimg.errors import MissingDataError, UserError
 from medimg.files import file_lock, write_json
 
 log = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ def _fetch_locked(ks: KaggleSet, raw: Path, keep_archive: bool, api_factory: Cal
     try:
         ks.check(extracted)
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"{archive} does not hold the files of {ks.slug}: {e}. Is it the right archive? "
+        raise MissingDataError(f"{archive} does not hold the files of {ks.slug}: {e}. Is it the right archive? "
                                 f"Delete it and run the command again to download it.") from e
     write_json(raw / MARKER, {"slug": ks.slug, "archive": ks.archive})
     if downloaded and not keep_archive:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from medimg.errors import DataError
+from medimg.errors import DataError, MissingDataError
 
 COLUMNS = ["path", "label", "group", "split"]
 SPLITS = ("train", "val", "test")
@@ -66,13 +66,13 @@ def check_table(df: pd.DataFrame, where: str) -> pd.DataFrame:
     """Fail clearly when a table is empty, lacks columns or has unusable rows."""
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"data table from {where} lacks columns {missing}; expected {COLUMNS}")
+        raise DataError(f"data table from {where} lacks columns {missing}; expected {COLUMNS}")
     if len(df) == 0:
-        raise FileNotFoundError(f"no images found in {where}")
+        raise MissingDataError(f"no images found in {where}")
     bad = sorted(set(df["split"]) - set(SPLITS) - {""})
     if bad:
-        raise ValueError(f"unknown split names {bad} in {where}; expected {list(SPLITS)} or empty")
+        raise DataError(f"unknown split names {bad} in {where}; expected {list(SPLITS)} or empty")
     if df["path"].duplicated().any():
         dup = df.loc[df["path"].duplicated(), "path"].iloc[0]
-        raise ValueError(f"image {dup} is listed twice in {where}")
+        raise DataError(f"image {dup} is listed twice in {where}")
     return df.reset_index(drop=True)

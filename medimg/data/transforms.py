@@ -12,6 +12,8 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from medimg.data.color_jitter import JitterNormalize
+from medimg.errors import CheckpointError
+from medimg.names import INTERPOLATIONS, MAX_IMG_SIZE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # ImageNet's channel statistics (for scripts and tests; configs set their own)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,8 +36,24 @@ class Preprocess:
     def from_dict(cls, d: dict[str, Any]) -> Preprocess:
         # checkpoints written before the interpolation was stored were resized with torchvision's bilinear
         interpolation = str(d["interpolation"]) if "interpolation" in d else "bilinear"
-        return cls(int(d["img_size"]), float(d["resize"]), tuple(float(v) for v in d["mean"]),
-                   tuple(float(v) for v in d["std"]), interpolation)
+        try:
+            p = cls(int(d["img_size"]), float(d["resize"]), tuple(float(v) for v in d["mean"]),
+                    tuple(float(v) for v in d["std"]), interpolation)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"the model's preprocessing {d!r} is incomplete or malformed ({e}); export or "
+                                  "train it again with this version of medimg") from None
+        p.check()
+        return p
+
+    def check(self) -> None:
+        """Refuse preprocessing no medimg model has (a crafted or damaged checkpoint or ONNX file)."""
+        ok = (0 < self.img_size <= MAX_IMG_SIZE and 0 < self.resize <= 4 and len(self.mean) == len(self.std) == 3
+              and all(s > 0 for s in self.std) and self.interpolation in INTERPOLATIONS)
+        if not ok:
+            raise CheckpointError(f"the model's preprocessing is out of range: img_size={self.img_size} (1.."
+                                  f"{MAX_IMG_SIZE}), resize={self.resize} (0..4], mean={list(self.mean)}, "
+                                  f"std={list(self.std)} (3 values, std > 0), interpolation={self.interpolation!r} "
+                                  f"({', '.join(INTERPOLATIONS)}); is it a file medimg wrote?")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -101,7 +119,6 @@ def eval_transform(img_size: int, resize: float, mean: Sequence[float], std: Seq
     ])
 
 
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # the resampling filters of torchvision's tensor resize
 
 
 def interpolation_mode(name: str) -> v2.InterpolationMode:

@@ -31,13 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from medimg.errors import ConfigError
+from medimg.errors import CheckpointError, ConfigError
 from medimg.evaluation import calibration_scaling as scaling
 from medimg.evaluation.metrics import nll
+from medimg.names import CALIBRATION_METHODS
 
 log = logging.getLogger(__name__)
 
-METHODS = ("none", "temperature", "platt", "bcts", "vector", "isotonic", "auto")
+METHODS = CALIBRATION_METHODS
 
 
 # ---------------------------------------------------------------------------------------------- applying
@@ -65,13 +66,15 @@ def calibrated_probs(logits: torch.Tensor, state: dict[str, Any] | None) -> torc
         return (logits * _vector(state["scale"], logits) + _vector(state["bias"], logits)).softmax(-1)
     if method == "isotonic":
         return _apply_isotonic(logits.softmax(-1), state)
-    raise ValueError(f"unknown calibration method {method!r} in the calibration state; expected one of {METHODS}")
+    raise CheckpointError(f"the checkpoint's calibration names the method {method!r}, which is not one of "
+                          f"{', '.join(METHODS)}; refit it: python -m medimg.evaluate ckpt_path=<ckpt> recalibrate=true")
 
 
 def _vector(values, like: torch.Tensor) -> torch.Tensor:
     v = torch.tensor([float(x) for x in values], dtype=like.dtype, device=like.device)
     if len(v) != like.shape[1]:
-        raise ValueError(f"the calibration has {len(v)} per-class values but the logits have {like.shape[1]} classes")
+        raise CheckpointError(f"the calibration has {len(v)} per-class values but the model has {like.shape[1]} "
+                              "classes; refit it: python -m medimg.evaluate ckpt_path=<ckpt> recalibrate=true")
     return v
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from medimg.errors import MissingDataError
 from medimg.evaluation.metrics import predict_labels
 from medimg.evaluation.predictions import probability_table
 from medimg.evaluation.report import HEADLINE, OPERATING, fmt
@@ -30,11 +31,11 @@ def find_fold_runs(cv_dir: str | Path) -> list[Path]:
     """Run folders under ``cv_dir`` that finished (``checkpoints/best.ckpt`` and ``metrics.json``), by fold."""
     root = Path(cv_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"cv_dir={cv_dir} is not a folder; give the multirun folder of the fold runs")
+        raise MissingDataError(f"cv_dir={cv_dir} is not a folder; give the multirun folder of the fold runs")
     runs = [d for d in root.iterdir()
             if d.is_dir() and (d / "checkpoints" / "best.ckpt").is_file() and (d / "metrics.json").is_file()]
     if not runs:
-        raise FileNotFoundError(
+        raise MissingDataError(
             f"no finished fold runs (sub-folders with checkpoints/best.ckpt and metrics.json) in {root}; run "
             "`python -m medimg.train -m dataset.num_folds=5 dataset.fold=0,1,2,3,4` and pass its multirun folder")
     return sorted(runs, key=lambda d: (fold_of(d), d.name))

@@ -17,6 +17,8 @@ import logging
 import torch
 from torchmetrics.functional.classification import binary_roc
 
+from medimg.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -26,10 +28,10 @@ def choose_threshold(p_positive: torch.Tensor, targets: torch.Tensor, rule: str 
     if not isinstance(rule, str):
         t = float(rule)
         if not 0.0 < t < 1.0:
-            raise ValueError(f"calibration.threshold={t} must lie in (0, 1), or be youden / target_sensitivity")
+            raise ConfigError(f"calibration.threshold={t} must lie in (0, 1), or be youden / target_sensitivity")
         return t
     if rule not in ("youden", "target_sensitivity"):
-        raise ValueError(f"unknown calibration.threshold={rule!r}; choose youden, target_sensitivity or a number")
+        raise ConfigError(f"unknown calibration.threshold={rule!r}; choose youden, target_sensitivity or a number")
     y = targets.long().cpu()
     p = p_positive.double().cpu()
     if y.min() == y.max():
@@ -42,7 +44,7 @@ def choose_threshold(p_positive: torch.Tensor, targets: torch.Tensor, rule: str 
     if rule == "youden":
         return float(thr[int(torch.argmax(tpr - fpr))])
     if target_sensitivity is None or not 0.0 < float(target_sensitivity) <= 1.0:
-        raise ValueError(f"calibration.threshold=target_sensitivity needs calibration.target_sensitivity in (0, 1], "
+        raise ConfigError(f"calibration.threshold=target_sensitivity needs calibration.target_sensitivity in (0, 1], "
                          f"got {target_sensitivity}")
     ok = torch.nonzero(tpr >= float(target_sensitivity) - 1e-12).flatten()
     return float(thr[int(ok[0])])  # thresholds decrease, so the first one reaching the target is the highest

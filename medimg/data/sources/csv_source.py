@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from medimg.data.table import RESERVED, check_table, make_table
-from medimg.errors import ConfigError
+from medimg.errors import ConfigError, DataError, MissingDataError
 
 SPLIT_ALIASES = {"training": "train", "valid": "val", "validation": "val", "testing": "test"}
 
@@ -27,7 +27,7 @@ def _column(df: pd.DataFrame, name: str | None, key: str, csv: Path) -> pd.Serie
     if name is None:
         return None
     if name not in df.columns:
-        raise ValueError(f"column {name!r} (dataset.{key}) is not in {csv}; its columns are {list(df.columns)}. "
+        raise DataError(f"column {name!r} (dataset.{key}) is not in {csv}; its columns are {list(df.columns)}. "
                          f"Set dataset.{key}=<column name>.")
     return df[name].str.strip()
 
@@ -47,40 +47,47 @@ def csv_table(csv: str | Path, path_column: str = "path", label_column: str = "l
     ``keep_columns``: the metadata columns to keep (None = every column not used for path/label/group/split)."""
     csv = Path(csv).expanduser()
     if not csv.is_file():
-        raise FileNotFoundError(f"label file {csv} does not exist; set dataset.csv to a CSV with a path and a label "
+        raise MissingDataError(f"label file {csv} does not exist; set dataset.csv to a CSV with a path and a label "
                                 f"column")
-    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    try:
+        df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{csv} is empty; it needs a header line ({path_column},{label_column}) and a row per "
+                        "image") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"{csv} is not a readable CSV file ({str(e).splitlines()[0]}); save it as UTF-8 "
+                        "comma-separated text with one row per image") from None
     paths = _column(df, path_column, "path_column", csv)
     labels = _column(df, label_column, "label_column", csv)
     groups = _column(df, group_column, "group_column", csv)
     splits = _column(df, split_column, "split_column", csv)
     if len(df) == 0:
-        raise ValueError(f"{csv} has no rows")
+        raise DataError(f"{csv} has no rows")
     for name, col in ((path_column, paths), (label_column, labels)):
         if (col == "").any():
-            raise ValueError(f"{csv}: empty {name!r} cells on lines {_rows(df, col == '')}")
+            raise DataError(f"{csv}: empty {name!r} cells on lines {_rows(df, col == '')}")
 
     base = Path(image_root).expanduser() if image_root else csv.parent
     full = [p if p.is_absolute() else base / p for p in (Path(x).expanduser() for x in paths)]
     exists = pd.Series([p.is_file() for p in full], index=df.index)
     if not exists.all():
         missing = [f"line {i + 2}: {full[k]}" for k, i in enumerate(df.index) if not exists.iloc[k]][:10]
-        raise FileNotFoundError(f"{(~exists).sum()} image(s) listed in {csv} do not exist (relative paths start "
-                                f"at {base}):\n  " + "\n  ".join(missing))
+        raise MissingDataError(f"{(~exists).sum()} image(s) listed in {csv} do not exist (relative paths start "
+                                f"at {base}): " + "; ".join(missing))
 
     if classes:
         classes = [str(c) for c in classes]
         unknown = ~labels.isin(classes)
         if unknown.any():
-            raise ValueError(f"{csv}: labels {sorted(set(labels[unknown]))} (lines {_rows(df, unknown)}) are not among "
+            raise DataError(f"{csv}: labels {sorted(set(labels[unknown]))} (lines {_rows(df, unknown)}) are not among "
                              f"dataset.classes={classes}; fix the rows or add the classes")
         empty = [c for c in classes if not (labels == c).any()]
         if empty:
-            raise ValueError(f"classes {empty} from dataset.classes have no rows in {csv}; add images or remove them")
+            raise DataError(f"classes {empty} from dataset.classes have no rows in {csv}; add images or remove them")
     else:
         classes = _sorted_labels(labels)
     if len(classes) < 2:
-        raise ValueError(f"{csv} has a single class {classes}; a classifier needs at least two")
+        raise DataError(f"{csv} has a single class {classes}; a classifier needs at least two")
 
     resolved = [p.resolve() for p in full]
     if groups is not None:

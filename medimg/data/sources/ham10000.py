@@ -16,6 +16,7 @@ import pandas as pd
 from medimg.data.kaggle import KaggleSet, extracted_dir
 from medimg.data.sources.locate import all_files, find_file
 from medimg.data.table import check_table, make_table
+from medimg.errors import DataError, MissingDataError
 
 METADATA = "HAM10000_metadata.csv"
 CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
@@ -28,20 +29,20 @@ def locate(extracted: Path) -> tuple[pd.DataFrame, dict[str, Path]]:
     files = all_files(extracted)
     meta_path = find_file(extracted, METADATA, files=files)
     if meta_path is None:
-        raise FileNotFoundError(f"{METADATA} is not in {extracted}")
+        raise MissingDataError(f"{METADATA} is not in {extracted}")
     meta = pd.read_csv(meta_path, dtype=str, keep_default_na=False)
     missing_cols = [c for c in COLUMNS if c not in meta.columns]
     if missing_cols:
-        raise FileNotFoundError(f"{meta_path} lacks the columns {missing_cols} (it has {list(meta.columns)})")
+        raise MissingDataError(f"{meta_path} lacks the columns {missing_cols} (it has {list(meta.columns)})")
     images: dict[str, Path] = {}
     for p in files:  # shallowest and upper-case folders first: the first copy found wins
         if p.suffix.lower() == ".jpg" and "images_part" in p.parent.name.lower():
             images.setdefault(p.stem, p)
     if not images:
-        raise FileNotFoundError(f"no HAM10000_images_part_* folders with .jpg images in {extracted}")
+        raise MissingDataError(f"no HAM10000_images_part_* folders with .jpg images in {extracted}")
     missing = [i for i in meta["image_id"] if i not in images]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} image(s) listed in {meta_path.name} are not in the image "
+        raise MissingDataError(f"{len(missing)} image(s) listed in {meta_path.name} are not in the image "
                                 f"folders, e.g. {missing[:5]}")
     return meta, images
 
@@ -52,7 +53,7 @@ def ham10000_table(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
     meta, images = locate(extracted)
     unknown = sorted(set(meta["dx"]) - set(CLASSES))
     if unknown:
-        raise ValueError(f"{METADATA} has diagnoses {unknown} besides the known {list(CLASSES)}")
+        raise DataError(f"{METADATA} has diagnoses {unknown} besides the known {list(CLASSES)}")
     extra = meta[[c for c in METADATA_COLUMNS if c in meta.columns]]
     df = make_table([images[i].resolve() for i in meta["image_id"]], meta["dx"], groups=meta["lesion_id"],
                     metadata=extra)
