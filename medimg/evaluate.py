@@ -31,10 +31,10 @@ from medimg.data.datamodule import MedImageDataModule
 from medimg.data.sources import work_dir
 from medimg.data.transforms import Preprocess
 from medimg.errors import MissingDataError
+from medimg.evaluate_folds import evaluate_folds
 from medimg.evaluation.analyses import evaluation_options
 from medimg.evaluation.cross_validation import find_fold_runs
 from medimg.evaluation.evaluator import evaluate_split, fit_on_validation, write_evaluation
-from medimg.evaluation.fold_ensemble import evaluate_folds
 from medimg.evaluation.robustness import evaluate_robustness
 from medimg.evaluation.runs import dataset_of_run, evaluation_dir
 from medimg.evaluation.tta import resolve_views

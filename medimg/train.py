@@ -32,7 +32,7 @@ from medimg.inference import run_dir_of
 from medimg.models.backbones import blocks_of, check_weights
 from medimg.models.freezing import resolve_blocks
 from medimg.training.finish import finish_run, keep_best
-from medimg.training.model import build_model
+from medimg.training.model import build_model, run_preprocess
 from medimg.training.phase_book import PhaseBook
 from medimg.training.phases import load_weights, run_phases
 from medimg.training.resume import open_resume
@@ -72,7 +72,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     claim(run_dir, resuming=resume is not None)
     L.seed_everything(s.seed, workers=True, verbose=False)
 
-    dm = MedImageDataModule(s.dataset, work_dir(s.dataset, s.paths.cache_dir), rt.pin_memory, s.seed)
+    dm = MedImageDataModule(s.dataset, work_dir(s.dataset, s.paths.cache_dir), rt.pin_memory, s.seed,
+                            run_preprocess(s.dataset))
     dm.prepare_data()
     dm.setup("fit")
     check_subgroup_columns(dm.table, s.dataset.subgroup_columns)  # before training, not after

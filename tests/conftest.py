@@ -52,9 +52,10 @@ def datamodule_of(cfg, setup: bool = True):
     """The data module a run with ``cfg`` builds (set up unless ``setup=False``)."""
     from medimg.data.datamodule import MedImageDataModule
     from medimg.data.sources import work_dir
+    from medimg.training.model import run_preprocess
 
     s = settings_of(cfg)
-    dm = MedImageDataModule(s.dataset, work_dir(s.dataset, s.paths.cache_dir), False, s.seed)
+    dm = MedImageDataModule(s.dataset, work_dir(s.dataset, s.paths.cache_dir), False, s.seed, run_preprocess(s.dataset))
     if setup:
         dm.prepare_data()
         dm.setup("fit")
@@ -122,8 +123,10 @@ def dataset_module(tmp: Path, dataset: str = "folder", **keys):
     cfg = compose_train(tmp / "run", tmp / "data", [f"dataset={dataset}", f"paths.cache_dir={tmp / 'cache'}", *extra])
     for key, value in keys.items():
         OmegaConf.update(cfg, f"dataset.{key}", value, force_add=True)
+    from medimg.training.model import run_preprocess
+
     s = settings_of(cfg)
-    return MedImageDataModule(s.dataset, work_dir(s.dataset, s.paths.cache_dir), False, s.seed)
+    return MedImageDataModule(s.dataset, work_dir(s.dataset, s.paths.cache_dir), False, s.seed, run_preprocess(s.dataset))
 
 
 def command_config(name: str, out_dir: Path, *overrides: str) -> dict:

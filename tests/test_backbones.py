@@ -16,7 +16,6 @@ import torch
 import torchvision.models as tvm
 from safetensors.torch import save_file
 
-from medimg.data.datamodule import preprocess_of
 from medimg.errors import ConfigError
 from medimg.explain.gradcam import compute_cams, resolve_layer
 from medimg.inference import load_trained
@@ -29,6 +28,7 @@ from medimg.models.backbones import (
 )
 from medimg.models.freezing import apply_freeze, resolve_blocks
 from medimg.train import train
+from medimg.training.model import run_preprocess
 from tests.conftest import TINY, compose_train, make_classifier, settings_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,7 +195,7 @@ def test_default_gradcam_layer_follows_the_family_and_the_input_size():
 
 def test_preprocessing_comes_from_the_backbone_unless_the_data_set_says_otherwise(tmp_path):
     def pre(*overrides):
-        return preprocess_of(settings_of(compose_train(tmp_path, tmp_path / "data", list(overrides))).dataset)
+        return run_preprocess(settings_of(compose_train(tmp_path, tmp_path / "data", list(overrides))).dataset)
 
     vit = pre("backbone=vit_small_patch16_224")
     assert (vit.mean, vit.std, vit.interpolation) == ((0.5,) * 3, (0.5,) * 3, "bicubic")
@@ -223,7 +223,7 @@ def test_bad_names_list_the_choices(tmp_path):
     with pytest.raises(ConfigError, match="backbone.name has no value"):
         settings_of(compose_train(tmp_path, tmp_path / "data", ["backbone=timm"]))
     timm_any = settings_of(compose_train(tmp_path, tmp_path / "data", ["backbone=timm", "backbone.name=resnet18.a1_in1k"]))
-    assert preprocess_of(timm_any.dataset).interpolation == "bicubic"  # timm's own ResNet-18 recipe
+    assert run_preprocess(timm_any.dataset).interpolation == "bicubic"  # timm's own ResNet-18 recipe
     with pytest.raises(ConfigError) as err:
         backbone_info("efficientnet_b9")
     assert "convnext_tiny" in str(err.value) and "backbone=timm" in str(err.value)

@@ -81,3 +81,15 @@ def test_the_name_tables_refuse_a_name_listed_in_one_place_only():
     same_names({"a": 1, "b": 2}, ("a", "b"), "letters")
     with pytest.raises(RuntimeError, match="letters: the table has"):
         same_names({"a": 1}, ("a", "b"), "letters")
+
+
+def test_reading_a_config_builds_no_model(monkeypatch, tmp_path):
+    """Settings are read without timm or data code: the backbone's preprocessing is resolved where the model is."""
+    from medimg.models import backbones
+
+    def no_timm(*args, **kwargs):
+        raise AssertionError("reading the settings asked timm for a pretrained config")
+
+    monkeypatch.setattr(backbones, "pretrained_preprocess", no_timm)
+    s = settings_of(compose_train(tmp_path, tmp_path / "data", ["dataset=folder", "dataset.root=/images"]))
+    assert s.dataset.mean is None and s.dataset.preprocess_from == "resnet18"

@@ -120,3 +120,15 @@ def test_datamodule_yields_normalised_batches_and_takes_classes_from_data(tmp_pa
     x, y, idx = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 3, 8, 8) and x.dtype.is_floating_point and y.max() < 3
     assert isinstance(dm.split_table("test"), pd.DataFrame) and len(dm.split_table("test")) == 12
+
+
+def test_loader_workers_start_with_a_standard_method_inside_a_joblib_worker(monkeypatch):
+    import multiprocessing
+
+    from medimg.data.workers import worker_context
+
+    assert worker_context(0) is None
+    monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "loky")
+    assert worker_context(2) in ("fork", "spawn")
+    monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "fork")
+    assert worker_context(2) is None

@@ -97,11 +97,11 @@ def conf_dir() -> Path:
 
 
 def run_sweep(args: list[str], root: Path, data_dir: Path, conf: Path, expect_ok: bool = True,
-              timeout: int = 600) -> subprocess.CompletedProcess:
+              timeout: int = 600, base: list[str] = TINY) -> subprocess.CompletedProcess:
     env = {**os.environ, "MEDIMG_ROOT": str(root), "PYTHONWARNINGS": "ignore", "MPLBACKEND": "Agg",
            "PYTHONPATH": str(REPO)}
     flags, overrides = [a for a in args if a.startswith("-")], [a for a in args if not a.startswith("-")]
-    cmd = [sys.executable, "-m", "medimg.train", *flags, "-cp", str(conf), *TINY, *overrides,
+    cmd = [sys.executable, "-m", "medimg.train", *flags, "-cp", str(conf), *base, *overrides,
            f"paths.root_dir={root}", f"paths.data_dir={data_dir}"]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
     if expect_ok:
@@ -195,17 +195,20 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on_with_ddp_jobs(tmp_path, da
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", ["parallel", "local"])
+@pytest.mark.parametrize("launcher", ["parallel", "joblib", "local"])
 def test_launchers_run_two_real_jobs(launcher, tmp_path, data_dir, conf_dir):
+    """With the loader's worker processes (dataset.num_workers: 2, not TINY's 0): inside a joblib worker they
+    start with loky's start method unless medimg picks another (data/workers.py)."""
     sweep = tmp_path / "sweep"
+    base = [a for a in TINY if not a.startswith("dataset.num_workers")] + ["dataset.num_workers=2"]
     proc = run_sweep(["-m", "stage=head", f"hydra/launcher={launcher}", "seed=1,2", f"hydra.sweep.dir={sweep}"],
-                     tmp_path, data_dir, conf_dir)
+                     tmp_path, data_dir, conf_dir, base=base)
     summary = pd.read_csv(sweep / "summary.csv")
     assert list(summary["status"]) == ["ok", "ok"] and sorted(summary["seed"]) == [1, 2]
     for job in ("0", "1"):
         assert (sweep / job / "metrics.json").is_file() and (sweep / job / "checkpoints" / "best.ckpt").is_file()
-    if launcher == "parallel":
-        assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
+    if launcher != "local":
+        assert "Joblib.Parallel(n_jobs=" in proc.stdout + proc.stderr
     else:
         logs = sorted((sweep / ".submitit").glob("*/*_log.out"))
         assert len(logs) == 2 and all("Job completed successfully" in p.read_text() for p in logs)

@@ -39,9 +39,11 @@ def data_module(c: dict[str, Any]):
     """medimg's data module for ``c``, its data generated or scanned and cached, set up for fitting."""
     from medimg.data.datamodule import MedImageDataModule
     from medimg.data.sources import work_dir
+    from medimg.training.model import run_preprocess
 
     s, rt = settings(c)
-    dm = MedImageDataModule(s.dataset, work_dir(s.dataset, s.paths.cache_dir), rt.pin_memory, s.seed)
+    dm = MedImageDataModule(s.dataset, work_dir(s.dataset, s.paths.cache_dir), rt.pin_memory, s.seed,
+                            run_preprocess(s.dataset))
     dm.prepare_data()
     dm.setup("fit")
     return dm

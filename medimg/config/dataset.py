@@ -91,18 +91,6 @@ class DatasetSettings:
         require(0 <= self.color_jitter < 1, f"{where}.color_jitter", "must be in [0, 1)")
         require(self.rotation >= 0, f"{where}.rotation", "must be >= 0 degrees")
 
-    def __post_init__(self) -> None:
-        """Null preprocessing keys take the values of ``preprocess_from``'s pretrained config, once, when the
-        settings are read (a training run's: its backbone's); keys that are set win."""
-        missing = [k for k in PREPROCESS_KEYS if getattr(self, k) is None]
-        if not missing or self.preprocess_from is None:
-            return
-        from medimg.models.backbones import pretrained_preprocess
-
-        model = pretrained_preprocess(self.preprocess_from)
-        for key in missing:
-            object.__setattr__(self, key, model[key])
-
     def _check_preprocess(self, where: str) -> None:
         positive(self.img_size, f"{where}.img_size", allow_none=True)
         require(self.img_size is None or self.img_size <= MAX_IMG_SIZE, f"{where}.img_size",

@@ -27,6 +27,7 @@ from medimg.data.scan import find_bad_images
 from medimg.data.sources import load_source
 from medimg.data.splits import assign_fold, load_or_make_splits, split_summary
 from medimg.data.transforms import Preprocess, train_transform
+from medimg.data.workers import worker_context
 from medimg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,8 @@ def eval_sampler(dataset) -> UnrepeatedDistributedSampler | None:
 
 
 def preprocess_of(ds: DatasetSettings) -> Preprocess:
-    """What inference needs to prepare an image as this data set's evaluation split is (stored in checkpoints):
-    the dataset's keys, their nulls filled from the backbone's pretrained config when the settings were read
-    (``dataset.preprocess_from``, see config/dataset.py)."""
+    """The data set's own preprocessing keys as a Preprocess (every key set; a run fills the null ones from its
+    backbone's pretrained config: training/model.py ``run_preprocess``)."""
     unset = [k for k in PREPROCESS_KEYS if getattr(ds, k) is None]
     if unset:
         raise ConfigError(f"dataset keys {', '.join(f'dataset.{k}' for k in unset)} are null (= the backbone's "
@@ -186,7 +186,7 @@ class MedImageDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset, batch_size: int, sampler, workers: int, persistent: bool) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
                           pin_memory=self.pin_memory, persistent_workers=persistent and workers > 0,
-                          drop_last=False)
+                          drop_last=False, multiprocessing_context=worker_context(workers))
 
     def unaugmented_dataset(self, split: str) -> ImageDataset:
         """Every image of ``split`` with the eval transform (no augmentation): what feature extraction reads."""

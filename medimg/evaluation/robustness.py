@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from medimg.data.workers import worker_context
 from medimg.evaluation.corruptions import check_corruptions, corrupt
 from medimg.evaluation.metrics import classification_metrics
 from medimg.evaluation.predictions import collect_outputs
@@ -72,7 +73,8 @@ def corruption_metrics(trainer, model, dataset: Dataset, class_names: Sequence[s
                        batch_size: int, num_workers: int) -> dict[str, float]:
     """Metrics of ``model`` on ``dataset`` through ``calibration`` (the checkpoint's state dict; None for raw
     probabilities), all ranks taking part."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        multiprocessing_context=worker_context(num_workers))
     outputs = collect_outputs(trainer, model, loader, expected_rows=len(dataset))
     state = calibration or {}
     probs = outputs.probs(state)

@@ -4,15 +4,30 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Sequence
+from dataclasses import replace
 
+from medimg.config.dataset import PREPROCESS_KEYS, DatasetSettings
 from medimg.config.runtime import Runtime
 from medimg.config.schema import as_dict
 from medimg.config.training import TrainSettings
 from medimg.data.datamodule import MedImageDataModule, preprocess_of
+from medimg.data.transforms import Preprocess
 from medimg.errors import ConfigError
 from medimg.inference import check_same_classes
+from medimg.models.backbones import pretrained_preprocess
 from medimg.models.classifier import ImageClassifier
 from medimg.training.resume import Resume
+
+
+def run_preprocess(ds: DatasetSettings) -> Preprocess:
+    """How a run prepares its images: the dataset's preprocessing keys, the null ones taken from the pretrained
+    config of ``dataset.preprocess_from`` (the run's backbone, timm's ``resolve_data_config``); stored in
+    the checkpoint, so evaluate, predict, export and explain use it as it was."""
+    unset = [k for k in PREPROCESS_KEYS if getattr(ds, k) is None]
+    if unset and ds.preprocess_from is not None:
+        model = pretrained_preprocess(ds.preprocess_from)
+        ds = replace(ds, **{k: model[k] for k in unset})
+    return preprocess_of(ds)
 
 
 def classifier_of(s: TrainSettings, rt: Runtime, class_names: Sequence[str], class_weights: list[float] | None,
@@ -23,7 +38,7 @@ def classifier_of(s: TrainSettings, rt: Runtime, class_names: Sequence[str], cla
         class_weights=class_weights, optim=as_dict(s.optim), label_smoothing=s.model.label_smoothing,
         focal_gamma=s.model.focal_gamma, mixup_alpha=s.model.mixup_alpha, cutmix_alpha=s.model.cutmix_alpha,
         mix_prob=s.model.mix_prob, channels_last=rt.channels_last, nan_check_every=s.model.nan_check_every,
-        live_step_loss=rt.live_step_loss, preprocess=preprocess_of(s.dataset).to_dict(),
+        live_step_loss=rt.live_step_loss, preprocess=run_preprocess(s.dataset).to_dict(),
     )
 
 
