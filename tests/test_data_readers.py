@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medimg.data.readers import ImageLimits, UnreadableImageError, dicom_window, read_image
+from medimg.data.dicom import dicom_window
+from medimg.data.readers import ImageLimits, UnreadableImageError, read_image
 
 LIMITS = ImageLimits(50_000_000, 10)
 

@@ -74,8 +74,8 @@ def load_masked_split(dm: MedImageDataModule, preprocess: Preprocess, split: str
         if not mp.is_file():
             raise MissingDataError(f"no mask for {p} (expected {mp}); the localisation check needs a data set "
                                     "with masks, such as dataset=synthetic")
-        images.append(tf(read_image(p)))
-        m = torch.from_numpy(np.array(read_image(mp).convert("L")) > 127)[None]
+        images.append(tf(read_image(p, limits=dm.limits)))  # the data set's caps, from the header
+        m = torch.from_numpy(np.array(read_image(mp, limits=dm.limits).convert("L")) > 127)[None]
         masks.append(mask_tf(m)[0].numpy())
         paths.append(str(p))
     labels = [dm.class_names.index(c) for c in part["label"]]
