@@ -233,3 +233,39 @@ def test_an_endless_upload_is_cut_off_without_growing_memory(server):
         pass  # the server stopped reading after the cap and closed the connection: also a refusal
     assert server.rss_mib() - before < 30
     assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+def test_bombs_at_concurrency_8_keep_memory_bounded(server, tmp_path):
+    """8 clients at once, each sending a deflated DICOM that would inflate to 150 MiB (under 200 KB on the wire)
+    and a PNG whose header claims 20000 x 10000 pixels: every request is a 4xx naming the problem, the server's
+    peak memory stays under twice its idle memory, and /health answers throughout."""
+    import threading
+
+    from tests.test_data_deflated_dicom import _bomb
+
+    dicom = _bomb(tmp_path / "bomb.dcm", inflated_mib=150).read_bytes()
+    assert len(dicom) < 200_000
+    idle = server.rss_mib()
+    peak, stop = [idle], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak.append(server.rss_mib())
+            stop.wait(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        uploads = [[part("bomb.dcm", dicom, "application/dicom")] if i % 2 == 0 else [part("bomb.png", bomb_png())]
+                   for i in range(8)]
+        responses = asyncio.run(_concurrent(server.url, uploads))
+        health = httpx.get(f"{server.url}/health", timeout=10).status_code
+    finally:
+        stop.set()
+        sampler.join()
+    for upload, response in zip(uploads, responses):
+        assert 400 <= response.status_code < 500, response.text
+        said = response.json()["detail"]
+        assert ("inflates past" in said) if upload[0][1][0] == "bomb.dcm" else ("pixels" in said), said
+    assert health == 200
+    assert max(peak) < 2 * idle, f"idle {idle:.0f} MiB, peak {max(peak):.0f} MiB"
