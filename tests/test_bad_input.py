@@ -205,3 +205,26 @@ def test_predict_with_a_file_that_is_not_an_onnx_model(tiny_ckpt, images, tmp_pa
     fake.write_text("not a protobuf")
     with pytest.raises(UserError, match=f"{fake} is not an ONNX model onnxruntime can load"):
         predict(_predict_cfg(tiny_ckpt, images, tmp_path / "out", "engine=onnx", f"onnx_path={fake}"))
+
+
+def test_an_onnx_model_whose_external_data_leaves_its_folder(tiny_ckpt, images, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from medimg.predict import predict
+
+    weight = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
+    weight.data_location = TensorProto.EXTERNAL
+    weight.ClearField("raw_data")
+    for key, value in {"location": "../secret.bin", "offset": "0", "length": "16"}.items():
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    (tmp_path / "secret.bin").write_bytes(np.ones(4, np.float32).tobytes())
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["probs"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 2])], [weight])
+    (tmp_path / "m").mkdir()
+    onnx.save(helper.make_model(graph), tmp_path / "m" / "model.onnx")
+    with pytest.raises(UserError, match="is not an ONNX model onnxruntime can load .*escapes model directory"):
+        predict(_predict_cfg(tiny_ckpt, images, tmp_path / "out", "engine=onnx",
+                             f"onnx_path={tmp_path / 'm' / 'model.onnx'}"))
