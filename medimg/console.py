@@ -32,3 +32,16 @@ def quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")  # frozen blocks
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")  # one per phase
+
+
+def print_metrics(metrics: dict[str, float], title: str = "test metrics") -> None:
+    """An evaluation's metrics as a table on the console (the files are written by the evaluation itself)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k in sorted(metrics):
+        table.add_row(k, f"{metrics[k]:.4f}")
+    Console().print(table)

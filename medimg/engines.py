@@ -4,13 +4,15 @@ decision rule on its probabilities: shared by ``medimg.predict`` and ``medimg.se
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from medimg.data.transforms import Preprocess
 from medimg.errors import ConfigError
 from medimg.evaluation.metrics import predict_labels
-from medimg.inference import TorchEngine, load_trained
+from medimg.inference import TorchEngine, TrainedModel, load_trained
 from medimg.onnx_model import OnnxEngine
 
 
@@ -24,8 +26,27 @@ def onnx_path_of(ckpt_path: str | None, onnx_path: str | None) -> Path:
                       "`python -m medimg.export` writes model.onnx)")
 
 
+class Engine(Protocol):
+    """What predict and the server use of an engine (TorchEngine and OnnxEngine are both one): calibrated
+    probabilities of prepared images, and what is needed to prepare them and to decide."""
+
+    name: str
+    class_names: list[str]
+    preprocess: Preprocess
+    threshold: float | None
+    calibration_note: str
+
+    @property
+    def calibration(self) -> dict[str, Any] | None: ...
+
+    def probs(self, x: torch.Tensor) -> np.ndarray: ...
+
+    def trained_model(self, ckpt_path: str | Path | None, device: str) -> TrainedModel | None:
+        """The PyTorch model Grad-CAM runs on (None when the engine has none and no checkpoint is given)."""
+
+
 def open_engine(engine: str, ckpt_path: str | None, onnx_path: str | None, device: str, precision: str,
-                threads: int | None) -> TorchEngine | OnnxEngine:
+                threads: int | None) -> Engine:
     """``engine=onnx``: the exported model through onnxruntime; ``torch``: the checkpoint in PyTorch."""
     if engine == "onnx":
         return OnnxEngine(onnx_path_of(ckpt_path, onnx_path), device, threads)

@@ -27,6 +27,7 @@ from medimg.config.commands import EvaluateSettings
 from medimg.config.dataset import DatasetSettings
 from medimg.config.runtime import Runtime, resolve_runtime
 from medimg.config.schema import as_dict, read
+from medimg.console import print_metrics
 from medimg.data.datamodule import MedImageDataModule
 from medimg.data.sources import work_dir
 from medimg.data.transforms import Preprocess
@@ -39,7 +40,6 @@ from medimg.evaluation.robustness import evaluate_robustness
 from medimg.evaluation.runs import dataset_of_run, evaluation_dir
 from medimg.evaluation.tta import resolve_views
 from medimg.inference import check_same_classes, load_checkpoint, load_trained, medimg_state, run_dir_of
-from medimg.reporting import print_metrics
 from medimg.training.trainer import build_eval_trainer
 
 log = logging.getLogger("medimg.evaluate")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 
+from medimg.console import print_metrics
 from medimg.data.datamodule import MedImageDataModule
 from medimg.evaluation import cross_validation as cv
 from medimg.evaluation.calibration import describe
@@ -15,7 +16,6 @@ from medimg.evaluation.evaluator import Evaluation, split_loader, split_metrics,
 from medimg.evaluation.predictions import collect_outputs
 from medimg.files import write_json
 from medimg.inference import check_same_classes, load_trained
-from medimg.reporting import print_metrics
 
 log = logging.getLogger("medimg.evaluate")
 

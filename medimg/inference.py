@@ -179,3 +179,11 @@ class TorchEngine:
 
     def probs(self, x: torch.Tensor) -> np.ndarray:
         return self.trained.probs(self.logits(x)).cpu().numpy()
+
+    @property
+    def calibration(self) -> dict[str, Any] | None:
+        return self.trained.calibration
+
+    def trained_model(self, ckpt_path: str | Path | None, device: str) -> TrainedModel:
+        """The PyTorch model for Grad-CAM: this engine's own."""
+        return self.trained

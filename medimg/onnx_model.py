@@ -17,7 +17,7 @@ import torch
 
 from medimg.data.transforms import Preprocess
 from medimg.errors import UserError
-from medimg.inference import TrainedModel
+from medimg.inference import TrainedModel, load_trained
 
 INPUT_NOTE = ("image: float32 (batch, 3, H, W), RGB scaled to [0, 1], resized (shorter side to img_size*resize), "
               "center-cropped to img_size, normalised (x - mean) / std")
@@ -79,6 +79,10 @@ class OnnxEngine:
         self.calibration_note = meta.get("medimg.calibration_note", "calibration unknown")
         self.threshold = (self.calibration or {}).get("threshold")
         self.input_name = self.session.get_inputs()[0].name
+
+    def trained_model(self, ckpt_path: str | Path | None, device: str) -> TrainedModel | None:
+        """The PyTorch model for Grad-CAM: the checkpoint the model was exported from, when given."""
+        return load_trained(ckpt_path, device) if ckpt_path else None
 
     def probs(self, x: torch.Tensor) -> np.ndarray:
         return self.session.run(["probs"], {self.input_name: x.detach().float().cpu().numpy()})[0]

@@ -32,7 +32,7 @@ from medimg.engines import decide, open_engine
 from medimg.errors import ConfigError
 from medimg.evaluation.tta import averaged_probs, resolve_views
 from medimg.files import writable_folder, write_csv
-from medimg.inference import UNCALIBRATED, TorchEngine, load_trained, resolve_device
+from medimg.inference import UNCALIBRATED, resolve_device
 
 log = logging.getLogger("medimg.predict")
 
@@ -102,7 +102,7 @@ class CamWriter:
     """``gradcam=true``: a PNG per image (image | heat map | overlay) under ``<output_dir>/gradcam``."""
 
     def __init__(self, p: PredictSettings, engine, device: str):
-        self.trained = engine.trained if isinstance(engine, TorchEngine) else load_trained(p.ckpt_path, device)
+        self.trained = engine.trained_model(p.ckpt_path, device)
         self.g, self.out_dir = p.gradcam, Path(p.output_dir) / "gradcam"
         names = self.trained.class_names
         if self.g.target is not None and str(self.g.target) not in names:

@@ -20,7 +20,7 @@ from medimg.data.readers import ImageLimits
 from medimg.engines import decide, open_engine
 from medimg.errors import ConfigError
 from medimg.evaluation.calibration import is_calibrated
-from medimg.inference import TorchEngine, TrainedModel, load_trained, resolve_device, run_dir_of
+from medimg.inference import TrainedModel, resolve_device, run_dir_of
 from medimg.serving.schemas import (
     ClassProbability,
     Decision,
@@ -55,8 +55,7 @@ class ServedModel:
             torch.set_num_threads(int(s.threads))
         self.settings = s
         self.engine = open_engine(s.engine, s.ckpt_path, s.onnx_path, device, s.precision, s.threads)
-        trained = self.engine.trained if isinstance(self.engine, TorchEngine) else (
-            load_trained(s.ckpt_path, device) if s.ckpt_path else None)
+        trained = self.engine.trained_model(s.ckpt_path, device)
         self.cam_model = self._cam_model(trained)
         self._cam_lock = threading.Lock()
         self.class_names = list(self.engine.class_names)
@@ -76,7 +75,7 @@ class ServedModel:
             raise ConfigError(f"the checkpoint {trained.path} has the classes {trained.class_names} but the ONNX model "
                               f"has {list(self.engine.class_names)}; give the checkpoint the model was exported from")
         one_of(self.settings.gradcam.method, sorted(METHODS), "gradcam.method")
-        model = copy.deepcopy(trained.model).float() if isinstance(self.engine, TorchEngine) else trained.model
+        model = copy.deepcopy(trained.model).float()
         resolve_layer(model, self.settings.gradcam.layer)  # a gradcam.layer the network lacks stops at startup
         return model
 
@@ -118,7 +117,7 @@ class ServedModel:
 
     def _metadata(self, trained: TrainedModel | None) -> Metadata:
         s, engine = self.settings, self.engine
-        calibration = engine.trained.calibration if isinstance(engine, TorchEngine) else engine.calibration
+        calibration = engine.calibration
         source = s.ckpt_path or self._onnx_meta("medimg.source_checkpoint")
         threshold = self.threshold
         rule = (f"{self.class_names[1]} when P({self.class_names[1]}) >= {threshold:.4g} (the stored operating "

@@ -12,10 +12,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from medimg.config.schema import as_dict, flatten
 from medimg.config.training import TrainSettings
+from medimg.console import print_metrics
 from medimg.evaluation.evaluator import Evaluation, write_evaluation
 from medimg.files import write_json
 from medimg.inference import save_calibrated
-from medimg.reporting import print_metrics
 from medimg.run_info import run_info
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from medimg.reporting import write_json
+from medimg.files import write_json
 
 
 def _batch_size(batch: Any) -> int:
