@@ -26,7 +26,7 @@ from medimg.cli import CONF_DIR, run_id, run_task
 from medimg.config.commands import EvaluateSettings
 from medimg.config.dataset import DatasetSettings
 from medimg.config.runtime import Runtime, resolve_runtime
-from medimg.config.schema import as_dict, read
+from medimg.config.schema import read
 from medimg.console import print_metrics
 from medimg.data.datamodule import MedImageDataModule
 from medimg.data.sources import work_dir
@@ -104,7 +104,7 @@ def evaluate_checkpoint(e: EvaluateSettings, rt: Runtime, dm: MedImageDataModule
     model, calibration = trained.model, trained.calibration
     if e.recalibrate:
         calibration = fit_on_validation(trainer, model, dm, e.calibration)
-    options = evaluation_options(as_dict(e.evaluation), dm.ds.subgroup_columns, dm.ds.subgroup_bins)
+    options = evaluation_options(e.evaluation, dm.ds.subgroup_columns, dm.ds.subgroup_bins)
     result = evaluate_split(trainer, model, dm, e.split, calibration, resolve_views(e.tta, e.tta_views), options)
     if e.robustness:
         c = e.corruptions

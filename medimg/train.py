@@ -87,7 +87,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     calibration = fit_on_validation(trainer, model, dm, s.calibration)
     if trainer.is_global_zero:  # every rank took part in the evaluations; rank 0 writes
         keep_best(run_dir, best, calibration)
-    options = evaluation_options(as_dict(s.evaluation), s.dataset.subgroup_columns, s.dataset.subgroup_bins)
+    options = evaluation_options(s.evaluation, s.dataset.subgroup_columns, s.dataset.subgroup_bins)
     result = evaluate_split(trainer, model, dm, "test", calibration, options=options) if s.test else None
     metrics = dict(result.metrics) if result else {}
     if best_score is not None:  # what a search should rank by: validation, not test (also with test=false)

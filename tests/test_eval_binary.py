@@ -79,6 +79,8 @@ def test_platt_on_a_multiclass_task_falls_back_to_temperature(caplog):
 
 
 def test_auto_and_bcts_through_the_pipeline_with_intervals_subgroups_and_curves(tmp_path):
+    from medimg.config.schema import read
+    from medimg.config.training import EvaluationSettings
     from medimg.evaluation.analyses import analyse, evaluation_options
     from medimg.files import write_json
 
@@ -90,10 +92,10 @@ def test_auto_and_bcts_through_the_pipeline_with_intervals_subgroups_and_curves(
     table = pd.DataFrame({"path": [f"img_{i}.png" for i in range(300)], "label": "x",
                           "scanner": ["A", "B", "C"] * 100})
     ev = evaluation_from_outputs(test, table, CLASSES, state)
-    options = evaluation_options({"bootstrap_resamples": 200, "interval_level": 0.95, "bootstrap_seed": 0,
-                                  "subgroup_metrics": ["accuracy", "sensitivity"], "subgroup_min_images": 50,
-                                  "gallery_per_class": 2, "gallery_method": "gradcam", "gallery_layer": None},
-                                 ["scanner"], None)
+    block = {"bootstrap_resamples": 200, "interval_level": 0.95, "bootstrap_seed": 0,
+             "subgroup_metrics": ["accuracy", "sensitivity"], "subgroup_min_images": 50,
+             "gallery_per_class": 2, "gallery_method": "gradcam", "gallery_layer": None}
+    options = evaluation_options(read(EvaluationSettings, block, "evaluation"), ["scanner"], None)
     analyse(ev, options)
     m = ev.metrics
     for key in ("test/auroc", "test/auroc_calibrated", "test/sensitivity", "test/specificity"):

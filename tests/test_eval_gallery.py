@@ -91,6 +91,14 @@ def _evaluation(n: int = 24):
     return evaluation_from_outputs(outputs, table, NAMES, {"method": "temperature", "temperature": 1.5})
 
 
+def _options(evaluation: dict, subgroup_columns: list[str]):
+    """The ``evaluation`` block read as a command reads it, with the data set's subgroup columns."""
+    from medimg.config.schema import read
+    from medimg.config.training import EvaluationSettings
+
+    return evaluation_options(read(EvaluationSettings, evaluation, "evaluation"), subgroup_columns, None)
+
+
 OPTIONS = {"bootstrap_resamples": 100, "interval_level": 0.9, "bootstrap_seed": 0,
            "subgroup_metrics": ["accuracy"], "subgroup_min_images": 5, "gallery_per_class": 2,
            "gallery_method": "gradcam", "gallery_layer": "layer4"}
@@ -98,7 +106,7 @@ OPTIONS = {"bootstrap_resamples": 100, "interval_level": 0.9, "bootstrap_seed": 
 
 def test_gallery_through_the_evaluation_files(tmp_path):
     ev = _evaluation()
-    options = evaluation_options(OPTIONS, ["site"], None)
+    options = _options(OPTIONS, ["site"])
     eval_tf = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
     analyse(ev, options, _net(), _Images(24), eval_tf)
     assert isinstance(ev.gallery, Gallery) and ev.gallery.method == "gradcam"
@@ -118,9 +126,9 @@ def test_gallery_through_the_evaluation_files(tmp_path):
 
 def test_no_gallery_without_a_model_or_when_turned_off():
     ev = _evaluation()
-    analyse(ev, evaluation_options(OPTIONS, [], None))  # a fold ensemble: no model to explain
+    analyse(ev, _options(OPTIONS, []))  # a fold ensemble: no model to explain
     assert ev.gallery is None and ev.subgroups is None
-    off = evaluation_options({**OPTIONS, "gallery_per_class": 0}, [], None)
+    off = _options({**OPTIONS, "gallery_per_class": 0}, [])
     ev2 = _evaluation()
     analyse(ev2, off, _net(), _Images(24), v2.Compose([v2.Normalize(MEAN, STD)]))
     assert ev2.gallery is None
@@ -130,6 +138,8 @@ def test_options_are_read_strictly():
     from medimg.errors import ConfigError
 
     with pytest.raises(ConfigError, match="evaluation.gallery_method"):
-        evaluation_options({k: v for k, v in OPTIONS.items() if k != "gallery_method"}, [], None)
+        _options({k: v for k, v in OPTIONS.items() if k != "gallery_method"}, [])
     with pytest.raises(ConfigError, match="interval_level"):
-        evaluation_options({**OPTIONS, "interval_level": 95}, [], None)
+        _options({**OPTIONS, "interval_level": 95}, [])
+    with pytest.raises(ConfigError, match="evaluation.gallery_method: 'gradcampp' is not one of"):
+        _options({**OPTIONS, "gallery_method": "gradcampp"}, [])

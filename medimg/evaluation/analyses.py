@@ -1,7 +1,7 @@
 """What an evaluation adds beyond the metrics: bootstrap intervals, the subgroup audit, the error gallery.
 
-The ``evaluation`` config block (conf/evaluate.yaml, and the same block in the train config) becomes an
-``EvaluationOptions`` with ``evaluation_options``; ``analyse`` adds to an ``Evaluation``:
+The ``evaluation`` settings (conf/evaluation/, read with the command's config) and the data set's subgroup
+columns make an ``EvaluationOptions``; ``analyse`` adds to an ``Evaluation``:
 
 * ``<split>/<metric>_ci_low`` / ``_ci_high`` in its metrics (``medimg.evaluation.bootstrap``);
 * ``subgroups``: the audit of ``dataset.subgroup_columns`` (``medimg.evaluation.subgroups``), on the final
@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from torchvision.transforms import v2
 
-from medimg.errors import ConfigError, UserError
+from medimg.config.training import EvaluationSettings
+from medimg.errors import UserError
 from medimg.evaluation.bootstrap import interval_metrics
 from medimg.evaluation.error_gallery import Gallery, gallery_pictures, select_gallery
 from medimg.evaluation.subgroups import subgroup_audit
@@ -32,44 +33,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# the keys of the ``evaluation`` config block
-CONFIG_KEYS = ("bootstrap_resamples", "interval_level", "bootstrap_seed", "subgroup_metrics", "subgroup_min_images",
-               "gallery_per_class", "gallery_method", "gallery_layer")
-
-
 @dataclass(frozen=True)
 class EvaluationOptions:
-    bootstrap_resamples: int          # 0 = no intervals
-    interval_level: float
-    bootstrap_seed: int
-    subgroup_metrics: tuple[str, ...]
-    subgroup_min_images: int
-    gallery_per_class: int            # 0 = no gallery
-    gallery_method: str
-    gallery_layer: str | None
-    subgroup_columns: tuple[str, ...]                 # from the dataset config
-    subgroup_bins: Mapping[str, Sequence[float]]      # from the dataset config
+    """A command's ``evaluation`` settings (read and checked with the rest of its config) and the data set's
+    ``subgroup_columns`` / ``subgroup_bins``."""
+
+    settings: EvaluationSettings
+    subgroup_columns: tuple[str, ...]
+    subgroup_bins: Mapping[str, Sequence[float]]
 
     @property
     def bootstrap(self) -> dict[str, Any]:
-        return {"bootstrap_resamples": self.bootstrap_resamples, "interval_level": self.interval_level,
-                "bootstrap_seed": self.bootstrap_seed}
+        s = self.settings
+        return {"bootstrap_resamples": s.bootstrap_resamples, "interval_level": s.interval_level,
+                "bootstrap_seed": s.bootstrap_seed}
 
 
-def evaluation_options(evaluation: Mapping[str, Any], subgroup_columns: Sequence[str] | None,
+def evaluation_options(settings: EvaluationSettings, subgroup_columns: Sequence[str] | None,
                        subgroup_bins: Mapping[str, Sequence[float]] | None) -> EvaluationOptions:
-    """The ``evaluation`` config block plus the data set's ``subgroup_columns`` / ``subgroup_bins``."""
-    missing = [k for k in CONFIG_KEYS if k not in evaluation]
-    if missing:
-        raise ConfigError(f"config keys missing: {', '.join('evaluation.' + k for k in missing)} "
-                          "(see conf/evaluate.yaml)")
-    level = float(evaluation["interval_level"])
-    if not 0 < level < 1:
-        raise ConfigError(f"evaluation.interval_level={level}: must be in (0, 1), e.g. 0.95")
-    values = {k: evaluation[k] for k in CONFIG_KEYS}
-    values["subgroup_metrics"] = tuple(values["subgroup_metrics"])
-    return EvaluationOptions(**values, subgroup_columns=tuple(subgroup_columns or ()),
-                             subgroup_bins=dict(subgroup_bins or {}))
+    return EvaluationOptions(settings, tuple(subgroup_columns or ()), dict(subgroup_bins or {}))
 
 
 def add_intervals(ev: Evaluation, options: EvaluationOptions) -> None:
@@ -86,7 +68,7 @@ def add_subgroups(ev: Evaluation, options: EvaluationOptions) -> None:
     try:
         ev.subgroups = subgroup_audit(
             ev.final_probs, ev.targets, ev.table, ev.class_names, options.subgroup_columns, options.subgroup_bins,
-            options.subgroup_metrics, options.bootstrap, options.subgroup_min_images,
+            options.settings.subgroup_metrics, options.bootstrap, options.settings.subgroup_min_images,
             threshold=(ev.calibration or {}).get("threshold"), split=ev.split)
     except UserError as e:
         log.error("subgroup audit not done: %s", e)
@@ -103,16 +85,16 @@ def normalisation_of(eval_tf) -> tuple[list[float], list[float]]:
 
 def add_gallery(ev: Evaluation, model, dataset, eval_tf, options: EvaluationOptions) -> None:
     """The error gallery of ``ev`` (images read from ``dataset`` by the evaluation's row indices)."""
-    if options.gallery_per_class <= 0 or ev.rows is None:
+    if options.settings.gallery_per_class <= 0 or ev.rows is None:
         return
     preds = ev.final_preds
-    selection = select_gallery(ev.final_probs, ev.targets, preds, options.gallery_per_class)
+    selection = select_gallery(ev.final_probs, ev.targets, preds, options.settings.gallery_per_class)
     positions = [p for kind in selection.values() for chosen in kind.values() for p in chosen]
     mean, std = normalisation_of(eval_tf)
-    pictures = gallery_pictures(model, dataset, ev.rows, positions, preds, mean, std, options.gallery_method,
-                                options.gallery_layer)
+    pictures = gallery_pictures(model, dataset, ev.rows, positions, preds, mean, std, options.settings.gallery_method,
+                                options.settings.gallery_layer)
     ev.gallery = Gallery(selection=selection, probs=ev.final_probs, targets=ev.targets, preds=preds,
-                         pictures=pictures, method=options.gallery_method)
+                         pictures=pictures, method=options.settings.gallery_method)
 
 
 def analyse(ev: Evaluation, options: EvaluationOptions, model=None, dataset=None, eval_tf=None) -> Evaluation:
