@@ -33,6 +33,15 @@ WRITE_ERRNOS = {errno.EROFS: ("the file system is read-only", "write elsewhere")
                 errno.ENOTDIR: ("a file is in the way of the folder", "write elsewhere")}
 
 
+def disk_full(folder: Path, slack: int = 1 << 20) -> bool:
+    """Whether the file system of ``folder`` has less than ``slack`` bytes left for an unprivileged writer."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < slack
+
+
 def write_failure(e: OSError, what: str, where: str) -> WriteError:
     """The WriteError for ``e`` (an errno of WRITE_ERRNOS) while writing ``what``; ``where`` says which keys
     choose another place."""
@@ -76,6 +85,11 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         if e.errno not in WRITE_ERRNOS or elsewhere:  # not this write's failure (reading an input, say)
             raise
         raise write_failure(e, str(path), "the command's output_dir=, or paths.log_dir= for a run") from e
+    except RuntimeError as e:  # torch.save reports a full disk as "[enforce fail ...] unexpected pos"
+        if not disk_full(path.parent):
+            raise
+        full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise write_failure(full, str(path), "the command's output_dir=, or paths.log_dir= for a run") from e
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):

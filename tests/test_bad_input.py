@@ -228,3 +228,24 @@ def test_an_onnx_model_whose_external_data_leaves_its_folder(tiny_ckpt, images, 
     with pytest.raises(UserError, match="is not an ONNX model onnxruntime can load .*escapes model directory"):
         predict(_predict_cfg(tiny_ckpt, images, tmp_path / "out", "engine=onnx",
                              f"onnx_path={tmp_path / 'm' / 'model.onnx'}"))
+
+
+def test_torch_save_on_a_full_disk_is_a_write_error(tmp_path, monkeypatch):
+    """torch.save reports a full disk as a RuntimeError ("unexpected pos"): with no space left it is a WriteError
+    naming the checkpoint; with space left it stays the RuntimeError it is."""
+    from medimg import files
+
+    target = tmp_path / "checkpoints" / "last.ckpt"
+
+    def torn(obj, f):
+        Path(f).write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", torn)
+    monkeypatch.setattr(files, "disk_full", lambda folder, slack=1 << 20: True)
+    with pytest.raises(WriteError, match=f"cannot write {target}: no space is left on the device"):
+        files.save_torch({"a": 1}, target)
+    assert list(target.parent.iterdir()) == []  # the partial temporary is gone
+    monkeypatch.setattr(files, "disk_full", lambda folder, slack=1 << 20: False)
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        files.save_torch({"a": 1}, target)
