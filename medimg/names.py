@@ -12,9 +12,10 @@ ENGINES = ("torch", "onnx")  # engines.py: PyTorch from a checkpoint, onnxruntim
 
 
 def same_names(table, names: tuple[str, ...], what: str) -> None:
-    """Refuse an implementation table whose keys are not exactly ``names`` (a method added in one place only)."""
-    if tuple(table) != names:
-        raise RuntimeError(f"{what}: the table has {tuple(table)} but medimg.names lists {names}")
+    """Refuse an implementation table whose keys are not exactly ``names``, in any order (a method added in one
+    place only)."""
+    if sorted(table) != sorted(names):
+        raise RuntimeError(f"{what}: the table has {tuple(table)} but the names are {names}")
 
 # trainer.precision: auto, or one of Lightning's names (lightning.fabric.connector; a test keeps the two equal)
 PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true", "bf16-mixed",

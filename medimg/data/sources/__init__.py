@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from medimg.config.dataset import DatasetSettings
+from medimg.config.dataset import SOURCE_OPTIONS, DatasetSettings
 from medimg.data.kaggle import KaggleSet
 from medimg.data.sources import chest_xray, fashion_mnist, ham10000
 from medimg.data.sources.csv_source import csv_table
 from medimg.data.sources.folder import folder_table
 from medimg.data.sources.synthetic import synthetic_table
 from medimg.errors import ConfigError
+from medimg.names import same_names
 
 
 def _synthetic(ds: DatasetSettings) -> tuple[pd.DataFrame, list[str]]:
@@ -42,6 +43,7 @@ SOURCES: dict[str, Callable[[DatasetSettings], tuple[pd.DataFrame, list[str]]]] 
     "chest_xray": lambda ds: chest_xray.chest_xray_table(ds.root),
     "fashion_mnist": lambda ds: fashion_mnist.fashion_mnist_table(ds.root),
 }
+same_names(SOURCES, tuple(SOURCE_OPTIONS), "data sources (config/dataset.py SOURCE_OPTIONS lists their keys)")
 USER_SOURCES = ("folder", "csv")  # data the user points at: read-only to medimg
 
 # sources downloaded from Kaggle by `python -m medimg.download dataset=<name>`
