@@ -79,8 +79,8 @@ def test_the_name_tables_refuse_a_name_listed_in_one_place_only():
     from medimg.names import same_names
 
     same_names({"a": 1, "b": 2}, ("a", "b"), "letters")
-    with pytest.raises(RuntimeError, match="letters: the table has")
-    same_names({"b": 1, "a": 2}, ("a", "b"), "letters")  # the order is free:
+    same_names({"b": 1, "a": 2}, ("a", "b"), "letters")  # the order is free
+    with pytest.raises(RuntimeError, match="letters: the table has"):
         same_names({"a": 1}, ("a", "b"), "letters")
 
 
