@@ -39,8 +39,7 @@ def ensemble_evaluation(trainer: L.Trainer, dm: MedImageDataModule, runs: Sequen
     return Evaluation(
         split=split, class_names=names, targets=outputs.targets, raw_probs=raw, final_probs=cal, calibration=state,
         metrics=split_metrics(raw, cal, outputs.targets, names, state, prefix=f"{split}/"),
-        predictions=cv.ensemble_table(table["path"].to_numpy()[outputs.rows.numpy()], outputs.targets, raw, cal,
-                                      state, names),
+        predictions=cv.ensemble_table(table, outputs.rows, outputs.targets, raw, cal, state, names),
         views=list(views))
 
 

@@ -3,8 +3,9 @@
 Reads top to bottom: load the model (PyTorch from the checkpoint, or onnxruntime from an exported
 ``model.onnx``); find the images (a folder is searched recursively, non-image files are skipped and
 counted); prepare each as the evaluation split was (size and normalisation stored in the checkpoint);
-print the top-k classes with calibrated probabilities; write ``predictions.csv``; with ``gradcam=true``
-also a PNG per image with the image, the heat map and the overlay side by side.
+print the top-k classes with calibrated probabilities; write ``predictions.csv`` (evaluate's layout,
+``medimg.evaluation.predictions.predictions_frame``, without ``label`` and ``p_uncalibrated_*``); with
+``gradcam=true`` also a PNG per image with the image, the heat map and the overlay side by side.
 
 ``gradcam=true`` / ``gradcam=false`` are shorthands for ``gradcam.enabled=...``.
 """
@@ -30,8 +31,9 @@ from medimg.data.inputs import collect_images, image_batches
 from medimg.data.readers import ImageLimits
 from medimg.engines import decide, open_engine
 from medimg.errors import ConfigError
+from medimg.evaluation.predictions import predictions_frame, write_predictions
 from medimg.evaluation.tta import averaged_probs, resolve_views
-from medimg.files import writable_folder, write_csv
+from medimg.files import writable_folder
 from medimg.inference import UNCALIBRATED, resolve_device
 
 log = logging.getLogger("medimg.predict")
@@ -68,34 +70,30 @@ def predict(cfg: dict[str, Any]) -> PredictResult:
     limits = ImageLimits(p.max_image_pixels, p.max_aspect_ratio)
     batches = image_batches(paths, engine.preprocess.transform(), p.batch_size, limits, result.unreadable,
                             single=root.is_file())
+    done: list[tuple[list[Path], np.ndarray, list[int]]] = []
     for batch_paths, x in batches:
         probs = averaged_probs(engine.probs, x, views)
         decisions = decide(probs, engine.threshold)
         figures = cams.write(x, batch_paths, root, probs, decisions) if cams is not None else []
         result.figures += [str(f) for f in figures]
+        done.append((batch_paths, probs, decisions))
         for i, path in enumerate(batch_paths):
             rel = path.name if root.is_file() else str(path.relative_to(root))
-            result.rows.append(row(path, probs[i], decisions[i], engine.class_names))
             order = np.argsort(-probs[i])[:k]
             decided = f"  -> {engine.class_names[decisions[i]]}" if binary else ""
             print(f"{rel}: " + " | ".join(f"{engine.class_names[j]} {probs[i, j]:.3f}" for j in order) + decided)
-    result.csv_path = str(write_csv(out_dir / "predictions.csv", predictions_frame(result.rows, engine.class_names)))
+    frame = predictions_of(done, engine.class_names)
+    result.rows = frame.to_dict("records")
+    result.csv_path = str(write_predictions(out_dir / "predictions.csv", frame))
     summary(result, out_dir)
     return result
 
 
-def row(path: Path, probs: np.ndarray, decision: int, class_names: list[str]) -> dict[str, Any]:
-    out = {"path": str(path), "prediction": class_names[decision], "probability": float(probs[decision])}
-    out.update({f"p_{c}": float(probs[j]) for j, c in enumerate(class_names)})
-    return out
-
-
-def predictions_frame(rows: list[dict[str, Any]], class_names: list[str]) -> pd.DataFrame:
-    columns = ["path", "prediction", "probability"] + [f"p_{c}" for c in class_names]
-    frame = pd.DataFrame(rows, columns=columns)
-    floats = frame.select_dtypes("float").columns
-    frame[floats] = frame[floats].map(lambda v: f"{v:.6f}")
-    return frame
+def predictions_of(batches: list[tuple[list[Path], np.ndarray, list[int]]], class_names: list[str]) -> pd.DataFrame:
+    """The ``predictions_frame`` of the predicted batches (no truth; calibrated probabilities only)."""
+    paths = [p for b in batches for p in b[0]]
+    probs = np.concatenate([b[1] for b in batches]) if batches else np.zeros((0, len(class_names)))
+    return predictions_frame(paths, class_names, probs, [d for b in batches for d in b[2]])
 
 
 class CamWriter:

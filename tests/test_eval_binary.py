@@ -45,7 +45,7 @@ def test_binary_calibration_and_threshold(method, tmp_path):
     paths = write_evaluation(ev, tmp_path, title="binary", facts=[("data set", "synthetic binary")])
     pred = pd.read_csv(paths["predictions"])
     p1 = calibrated_probs(test.logits[0].double(), state)[:, 1].numpy()
-    assert (pred["pred"] == ["PNEUMONIA" if v >= state["threshold"] else "NORMAL" for v in p1]).all()
+    assert (pred["prediction"] == ["PNEUMONIA" if v >= state["threshold"] else "NORMAL" for v in p1]).all()
     assert json.loads(paths["metrics"].read_text()) == pytest.approx(m)
     report = paths["report"].read_text()
     assert "operating threshold" in report and "| sensitivity |" in report

@@ -70,9 +70,11 @@ def test_two_fold_sweep_and_ensemble(tmp_path, data_dir):
     preds = [pd.read_csv(f / "predictions.csv") for f in folds]
     ens = pd.read_csv(sweep / "ensemble" / "predictions.csv")
     assert (preds[0]["path"] == ens["path"]).all() and (preds[1]["path"] == ens["path"]).all()
-    cols = [f"prob_calibrated_{c}" for c in CLASSES]
+    assert list(ens.columns) == ["path", "label", "prediction", "probability", *[f"p_{c}" for c in CLASSES],
+                                 *[f"p_uncalibrated_{c}" for c in CLASSES]]  # the layout of every predictions.csv
+    cols = [f"p_{c}" for c in CLASSES]  # the final (calibrated) probabilities, to 6 decimals
     np.testing.assert_allclose(ens[cols].to_numpy(), (preds[0][cols].to_numpy() + preds[1][cols].to_numpy()) / 2,
-                               atol=1e-9)
+                               atol=2e-6)
     y = ens["label"].map(CLASSES.index).to_numpy()
     acc = float((ens[cols].to_numpy().argmax(1) == y).mean())
     assert summary["ensemble"]["test/accuracy_calibrated"] == pytest.approx(acc, abs=1e-6)

@@ -68,19 +68,20 @@ def test_run_writes_metrics_predictions_figures_report(trained):
         assert f"(figures/{name}.png)" in report
 
     pred = pd.read_csv(run / "predictions.csv")
-    expected_cols = ["path", "label", "pred", *[f"prob_{c}" for c in classes],
-                     *[f"prob_calibrated_{c}" for c in classes]]
+    expected_cols = ["path", "label", "prediction", "probability", *[f"p_{c}" for c in classes],
+                     *[f"p_uncalibrated_{c}" for c in classes]]
     assert list(pred.columns) == expected_cols
     assert pred["path"].is_unique and len(pred) == sum(saved[f"test/per_class/{c}/support"] for c in classes)
-    # the files agree with each other: metrics recomputed from predictions.csv with scikit-learn
+    # the files agree with each other: metrics recomputed from predictions.csv (8 significant digits) with scikit-learn
     y = pred["label"].map(classes.index).to_numpy()
-    raw = pred[[f"prob_{c}" for c in classes]].to_numpy()
-    cal = pred[[f"prob_calibrated_{c}" for c in classes]].to_numpy()
+    raw = pred[[f"p_uncalibrated_{c}" for c in classes]].to_numpy()
+    cal = pred[[f"p_{c}" for c in classes]].to_numpy()
     assert saved["test/accuracy"] == pytest.approx(accuracy_score(y, raw.argmax(1)), abs=1e-6)
     assert saved["test/nll"] == pytest.approx(log_loss(y, raw, labels=range(4)), abs=1e-6)
     assert saved["test/nll_calibrated"] == pytest.approx(log_loss(y, cal, labels=range(4)), abs=1e-6)
     assert saved["test/auroc_calibrated"] == pytest.approx(roc_auc_score(y, cal, multi_class="ovr"), abs=1e-6)
-    assert (pred["pred"] == [classes[k] for k in cal.argmax(1)]).all()
+    assert (pred["prediction"] == [classes[k] for k in cal.argmax(1)]).all()
+    np.testing.assert_allclose(pred["probability"], cal.max(1), atol=1e-6)
 
 
 def test_best_checkpoint_carries_the_calibration(trained):
@@ -118,8 +119,8 @@ def test_evaluate_with_tta_averages_views(trained, tmp_path):
     plain = pd.read_csv(trained["run"] / "predictions.csv")
     tta = pd.read_csv(out / "predictions.csv")
     assert (plain["path"] == tta["path"]).all()
-    assert not np.allclose(plain.filter(like="prob_").to_numpy(), tta.filter(like="prob_").to_numpy())
-    np.testing.assert_allclose(tta.filter(like="prob_calibrated_").sum(1), 1.0, atol=1e-9)
+    assert not np.allclose(plain.filter(regex="^p_").to_numpy(), tta.filter(regex="^p_").to_numpy())
+    np.testing.assert_allclose(tta.filter(regex="^p_(?!uncalibrated_)").sum(1), 1.0, atol=1e-7)
     assert set(REQUIRED) <= set(metrics)
     assert "identity, hflip, vflip, rot180" in (out / "report.md").read_text()
 
@@ -132,9 +133,9 @@ def test_evaluate_recalibrate(trained, tmp_path, method):
     cols = pd.read_csv(out / "predictions.csv").columns
     if method == "none":
         assert not any(k.endswith("_calibrated") for k in metrics)
-        assert not any(c.startswith("prob_calibrated_") for c in cols)
+        assert not any(c.startswith("p_uncalibrated_") for c in cols) and "p_nevus" in cols
     else:
-        assert "test/ece_calibrated" in metrics and any(c.startswith("prob_calibrated_") for c in cols)
+        assert "test/ece_calibrated" in metrics and any(c.startswith("p_uncalibrated_") for c in cols)
         assert f"{method}" in (out / "report.md").read_text()
 
 

@@ -132,7 +132,8 @@ def test_csv_metadata_travels_into_the_table_and_predictions(tmp_path):
     rows = torch.tensor([3, 0, 5])
     outputs = SplitOutputs(logits=torch.randn(1, 3, 2), targets=torch.tensor([1, 0, 1]), rows=rows)
     pred = predictions_table(outputs, table, classes, None)
-    assert list(pred.columns) == ["path", "label", "pred", "sex", "age", "site", "prob_a", "prob_b"]
+    assert list(pred.columns) == ["path", "label", "prediction", "probability", "sex", "age", "site", "p_a",
+                                  "p_b"]
     assert pred["age"].tolist() == ["33", "30", "35"] and pred["path"].tolist() == table["path"][[3, 0, 5]].tolist()
 
 

@@ -133,8 +133,9 @@ def _throughput(run: Path) -> dict:
 
 
 def _probs(folder: Path, prefix: str = "p_") -> pd.DataFrame:
+    """The final probabilities ``p_<class>`` (or the columns starting with another prefix: p_uncalibrated_)."""
     df = pd.read_csv(folder / "predictions.csv").set_index("path").sort_index()
-    return df[[c for c in df.columns if c.startswith(prefix)]]
+    return df[[c for c in df.columns if c.startswith(prefix) and (prefix != "p_" or not c.startswith("p_uncal"))]]
 
 
 @pytest.mark.gpu
@@ -210,7 +211,7 @@ def test_cpu_evaluation_matches_the_device_evaluation(derived):
     evaluation of the same checkpoint that fits its own calibration on the CPU."""
     dev = json.loads((derived["run"] / "metrics.json").read_text())
     cpu = json.loads((derived["eval_cpu"] / "metrics.json").read_text())
-    for prefix in ("prob_", "prob_calibrated_"):
+    for prefix in ("p_uncalibrated_", "p_"):
         d, c = _probs(derived["run"], prefix), _probs(derived["eval_cpu"], prefix)
         assert d.index.equals(c.index) and list(d.columns) == list(c.columns) and len(d) > 0
         diff = (d - c).abs().to_numpy()

@@ -38,7 +38,7 @@ def test_test_loss_is_the_training_objective_with_focal_loss(tiny_cfg, tmp_path)
     metrics = train(tiny_cfg("stage=full", "model.focal_gamma=2.0"))
     trained = load_trained(tmp_path / "run" / "checkpoints" / "best.ckpt")
     predictions = __import__("pandas").read_csv(tmp_path / "run" / "predictions.csv")
-    probs = torch.tensor(predictions.filter(regex="^prob_(?!calibrated)").to_numpy(), dtype=torch.float32)
+    probs = torch.tensor(predictions.filter(regex="^p_uncalibrated_").to_numpy(), dtype=torch.float32)
     targets = torch.tensor([trained.class_names.index(c) for c in predictions["label"]])
     objective = float(trained.model.loss(probs.log(), targets))  # log-softmax is softmax's logits up to a shift
     plain = float(torch.nn.functional.cross_entropy(probs.log(), targets, weight=trained.model.class_weight))

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
 from medimg.errors import MissingDataError
-from medimg.evaluation.metrics import predict_labels
-from medimg.evaluation.predictions import probability_table
+from medimg.evaluation.predictions import split_predictions
 from medimg.evaluation.report import HEADLINE, OPERATING, fmt
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,11 @@ def ensemble_state(states: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
     return state
 
 
-def ensemble_table(paths: Sequence[str], targets: torch.Tensor, raw: torch.Tensor, cal: torch.Tensor,
-                   state: dict[str, Any], class_names: Sequence[str]):
-    return probability_table(paths, targets, predict_labels(cal, state.get("threshold")), raw, cal, class_names)
+def ensemble_table(table: pd.DataFrame, rows: torch.Tensor, targets: torch.Tensor, raw: torch.Tensor,
+                   cal: torch.Tensor, state: dict[str, Any], class_names: Sequence[str]) -> pd.DataFrame:
+    """The ensemble's ``predictions.csv`` rows: its calibrated probabilities, the folds' mean softmax as
+    ``p_uncalibrated_<class>``."""
+    return split_predictions(table, rows, targets, class_names, cal, state.get("threshold"), uncalibrated=raw)
 
 
 def cv_report(path: Path, runs: Sequence[Path], mean: dict[str, float], std: dict[str, float],

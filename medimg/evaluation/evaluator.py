@@ -36,7 +36,7 @@ from medimg.evaluation.calibration_select import fit_calibration
 from medimg.evaluation.error_gallery import Gallery, gallery_figures
 from medimg.evaluation.learning_curves import learning_curves_from
 from medimg.evaluation.metrics import classification_metrics, confusion_matrix, predict_labels
-from medimg.evaluation.predictions import SplitOutputs, collect_outputs, predictions_table
+from medimg.evaluation.predictions import SplitOutputs, collect_outputs, predictions_table, write_predictions
 from medimg.evaluation.report import subgroup_lines, write_report
 from medimg.evaluation.subgroups import SubgroupAudit
 from medimg.evaluation.threshold import choose_threshold
@@ -193,7 +193,7 @@ def write_evaluation(ev: Evaluation, out_dir: Path, loggers: Sequence[Logger] = 
     figures to loggers. A ``history.json`` in ``out_dir`` (a training run) adds the learning curves."""
     out_dir = Path(out_dir)
     files = {"metrics": write_json(out_dir / "metrics.json", ev.metrics),
-             "predictions": write_csv(out_dir / "predictions.csv", ev.predictions)}
+             "predictions": write_predictions(out_dir / "predictions.csv", ev.predictions)}
     if ev.subgroups is not None:
         files["subgroups_table"] = write_csv(out_dir / "subgroups.csv", ev.subgroups.table)
     figures = evaluation_figures(ev)

@@ -4,6 +4,9 @@ Under DDP Lightning's predict loop gives each rank a disjoint share of the split
 (``UnrepeatedDistributedSampler``: no padding duplicates). Every rank then receives every rank's share
 (``all_gather_object``), rows are de-duplicated by their row index and put back in the split table's order,
 so all ranks hold exactly the single-process result: each image once, metrics computed over the whole split.
+
+``predictions_frame`` is the one layout of every ``predictions.csv`` (predict's and evaluate's alike);
+``write_predictions`` writes it.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
@@ -22,6 +27,7 @@ from medimg.data.table import metadata_columns
 from medimg.evaluation.calibration import calibrated_probs, is_calibrated
 from medimg.evaluation.metrics import predict_labels
 from medimg.evaluation.tta import apply_view
+from medimg.files import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -95,30 +101,61 @@ def collect_outputs(trainer: L.Trainer, model: L.LightningModule, loader, views:
 
 def predictions_table(outputs: SplitOutputs, split_table: pd.DataFrame, class_names: Sequence[str],
                       calibration: dict[str, Any] | None) -> pd.DataFrame:
-    """One row per image: ``path``, ``label``, ``pred`` (the final decision: calibrated probabilities and, for
-    binary tasks, the operating threshold), the data table's metadata columns (e.g. HAM10000's ``age``, ``sex``),
-    ``prob_<class>`` and, with a calibration, ``prob_calibrated_<class>``."""
+    """The ``predictions_frame`` of a split's ``outputs`` under ``calibration`` (evaluate, a run's test split)."""
     final = outputs.probs(calibration)
-    calibrated = is_calibrated(calibration)
-    rows = outputs.rows.numpy()
-    df = probability_table(split_table["path"].to_numpy()[rows], outputs.targets,
-                           predict_labels(final, (calibration or {}).get("threshold")), outputs.probs(None),
-                           final if calibrated else None, class_names)
-    meta = split_table[metadata_columns(split_table)].iloc[rows].reset_index(drop=True)
-    meta = meta.rename(columns={c: f"meta_{c}" for c in meta.columns if c in df.columns})  # no name twice
-    return pd.concat([df[["path", "label", "pred"]], meta, df.drop(columns=["path", "label", "pred"])], axis=1)
+    return split_predictions(split_table, outputs.rows, outputs.targets, class_names, final,
+                             (calibration or {}).get("threshold"),
+                             outputs.probs(None) if is_calibrated(calibration) else None)
 
 
-def probability_table(paths: Sequence[str], targets: torch.Tensor, preds: torch.Tensor, raw: torch.Tensor,
-                      calibrated: torch.Tensor | None, class_names: Sequence[str]) -> pd.DataFrame:
-    df = pd.DataFrame({
-        "path": list(paths),
-        "label": [class_names[int(t)] for t in targets],
-        "pred": [class_names[int(p)] for p in preds],
-    })
-    for k, name in enumerate(class_names):
-        df[f"prob_{name}"] = raw[:, k].numpy()
-    if calibrated is not None:
-        for k, name in enumerate(class_names):
-            df[f"prob_calibrated_{name}"] = calibrated[:, k].numpy()
-    return df
+def split_predictions(split_table: pd.DataFrame, rows: torch.Tensor, targets: torch.Tensor,
+                      class_names: Sequence[str], final: torch.Tensor, threshold: float | None,
+                      uncalibrated: torch.Tensor | None = None) -> pd.DataFrame:
+    """The ``predictions_frame`` of rows ``rows`` of a split table: their paths, labels and metadata; the
+    decisions from the ``final`` probabilities (binary: at ``threshold``)."""
+    rows = rows.numpy()
+    return predictions_frame(split_table["path"].to_numpy()[rows], class_names, final,
+                             predict_labels(final, threshold), labels=targets, uncalibrated=uncalibrated,
+                             meta=split_table[metadata_columns(split_table)].iloc[rows])
+
+
+def predictions_frame(paths: Sequence[Any], class_names: Sequence[str], probs, decisions, labels=None,
+                      uncalibrated=None, meta: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The one layout of ``predictions.csv`` (predict, evaluate, a run's test split, the CV ensemble), a row
+    per image::
+
+        path, [label], prediction, probability, [metadata columns], p_<class>..., [p_uncalibrated_<class>...]
+
+    ``prediction`` is the final decision (``decisions``: class indices from the calibrated probabilities and,
+    for binary models, the operating threshold), ``probability`` the final probability of that class,
+    ``p_<class>`` the final probabilities ``probs`` ``(N, C)`` (calibrated when there is a calibration, else
+    the softmax). ``label`` (the true class, from the class indices ``labels``) only when the truth is known;
+    ``p_uncalibrated_<class>`` (the plain softmax) only when the probabilities were calibrated and the caller
+    has the softmax. Metadata columns (e.g. HAM10000's ``age``, ``sex``) keep their names, or become
+    ``meta_<name>`` where a name is one of the columns above. Arrays may be numpy arrays or CPU tensors;
+    ``write_predictions`` writes the frame."""
+    names = [str(c) for c in class_names]
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1, len(names))
+    decisions = np.asarray(decisions, dtype=np.int64).reshape(-1)
+    columns: dict[str, Any] = {"path": [str(p) for p in paths]}
+    if labels is not None:
+        columns["label"] = [names[int(t)] for t in labels]
+    columns["prediction"] = [names[d] for d in decisions]
+    columns["probability"] = probs[np.arange(len(probs)), decisions]
+    probabilities = {f"p_{c}": probs[:, k] for k, c in enumerate(names)}
+    if uncalibrated is not None:
+        raw = np.asarray(uncalibrated, dtype=np.float64).reshape(-1, len(names))
+        probabilities.update({f"p_uncalibrated_{c}": raw[:, k] for k, c in enumerate(names)})
+    if meta is not None:
+        taken = set(columns) | set(probabilities)
+        columns.update({f"meta_{c}" if c in taken else c: meta[c].to_numpy() for c in meta.columns})
+    return pd.DataFrame({**columns, **probabilities})
+
+
+def write_predictions(path: str | Path, frame: pd.DataFrame) -> Path:
+    """``predictions.csv`` from a ``predictions_frame``: every float column to 8 significant digits (a probability
+    of 1e-9 stays 1e-09, so the NLL recomputed from the file is the evaluation's)."""
+    out = frame.copy()
+    floats = out.select_dtypes("float").columns
+    out[floats] = out[floats].map(lambda v: f"{v:.8g}")
+    return write_csv(path, out)
