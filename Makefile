@@ -7,6 +7,10 @@ PIP := $(VENV)/bin/pip
 ARGS ?=
 DATASET ?= ham10000
 PYTEST_ARGS ?=
+# the suite runs in this many processes of one thread each (a module's tests stay in one process: their fixtures
+# are built once); 2 suits a 2-core machine, more cores take more
+TEST_WORKERS ?= 2
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 # the GPU check: its machine's own Python (torch there is not ours), and the packages it lacks, carried as wheels
 GPU_PYTHON ?= python3
 GPU_WHEELS ?= hydra-core omegaconf antlr4-python3-runtime grad-cam ttach pydicom
@@ -29,10 +33,10 @@ train: install  ## train on the built-in synthetic data set (CPU, a few minutes)
 	$(PY) -m medimg.train experiment=synthetic $(ARGS)
 
 test: install  ## run the test suite
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 test-fast: install  ## the tests without the slow end-to-end runs
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 lint: install  ## ruff check
 	$(VENV)/bin/ruff check medimg tests benchmarks

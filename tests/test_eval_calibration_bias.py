@@ -89,7 +89,7 @@ def test_state_formats():
     torch.testing.assert_close(calibrated_probs(z, bcts), torch.softmax(z / 2 + torch.tensor([0.5, 0, -0.5]), -1))
     torch.testing.assert_close(calibrated_probs(z, vector),
                                torch.softmax(z * torch.tensor([1.0, 0.5, 2.0]) + torch.tensor([0.1, 0.2, -0.3]), -1))
-    with pytest.raises(ValueError, match="3 per-class values but the logits have 2"):
+    with pytest.raises(ValueError, match="3 per-class values but the model has 2 classes"):
         calibrated_probs(torch.randn(4, 2), bcts)
     zf, yf = _logits(200, 3, 4, 2.0, [0.0, 1.0, -1.0])
     for method in ("bcts", "vector"):  # (saving in a checkpoint: test_eval_calibration.py)

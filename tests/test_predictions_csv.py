@@ -45,6 +45,7 @@ def test_predict_and_evaluate_write_the_same_columns(tiny_ckpt, data_dir, tmp_pa
         cfg = compose(config_name="evaluate", overrides=[
             f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'eval'}", f"paths.data_dir={data_dir}",
             f"ckpt_path={tiny_ckpt}", f"output_dir={tmp_path / 'eval'}", "trainer=cpu",
+            "trainer.precision=32-true",  # as predict (precision=32 by default): the same numbers
             "trainer.enable_progress_bar=false", "logger=csv", "evaluation.gallery_per_class=0"])
     evaluate(cfg)
     evaluated = pd.read_csv(tmp_path / "eval" / "predictions.csv")

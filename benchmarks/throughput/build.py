@@ -35,6 +35,13 @@ def settings(c: dict[str, Any]):
     return s, runtime_of(s)
 
 
+def preprocess(c: dict[str, Any]):
+    """The run's preprocessing for ``c`` (size, resampling, normalisation; null keys from the backbone)."""
+    from medimg.training.model import run_preprocess
+
+    return run_preprocess(settings(c)[0].dataset)
+
+
 def data_module(c: dict[str, Any]):
     """medimg's data module for ``c``, its data generated or scanned and cached, set up for fitting."""
     from medimg.data.datamodule import MedImageDataModule
@@ -82,9 +89,10 @@ def trainer_settings(c: dict[str, Any]) -> tuple[str, bool]:
 
 def transforms(c: dict[str, Any]):
     """(train, eval) transforms of ``c``'s data set, as medimg's data module builds them."""
-    from medimg.data.datamodule import preprocess_of
     from medimg.data.transforms import train_transform
 
-    ds = settings(c)[0].dataset
+    ds, pre = settings(c)[0].dataset, preprocess(c)
     augment = {k: getattr(ds, k) for k in ("augment", "hflip", "vflip", "rotation", "color_jitter")}
-    return train_transform(ds.img_size, ds.crop_scale, ds.mean, ds.std, **augment), preprocess_of(ds).transform()
+    train = train_transform(pre.img_size, ds.crop_scale, pre.mean, pre.std, interpolation=pre.interpolation,
+                            **augment)
+    return train, pre.transform()

@@ -51,10 +51,10 @@ def _v2_tensor_transform(size: int, mean: Sequence[float], std: Sequence[float])
     )
 
 
-def loader_pipelines(dataset, medimg_transform) -> dict[str, tuple[str, Any]]:
-    """Per-image loading pipelines: label -> (reader, transform); ``dataset`` is the run's DatasetSettings
-    (the backbone's preprocessing filled in), ``medimg_transform`` the data module's own training transform."""
-    size, mean, std = int(dataset.img_size), dataset.mean, dataset.std
+def loader_pipelines(pre, medimg_transform) -> dict[str, tuple[str, Any]]:
+    """Per-image loading pipelines: label -> (reader, transform); ``pre`` is the run's Preprocess (the
+    backbone's preprocessing filled in), ``medimg_transform`` the data module's own training transform."""
+    size, mean, std = int(pre.img_size), pre.mean, pre.std
     v2_label = "variant: cache + torchvision v2 ColorJitter and RandomRotation on uint8 tensors"
     return {
         "baseline: PIL decode + PIL transforms": ("pil", seed_transform(size, mean, std)),
@@ -92,5 +92,5 @@ def run_loader(spec: dict[str, Any]) -> dict[str, float]:
     readers = {"pil": lambda p: Image.open(p).convert("RGB"), "jpeg": read_image, "cache": train.reader}
     return {
         label: _ms_per_image(readers[reader], transform, paths)
-        for label, (reader, transform) in loader_pipelines(dm.ds, train.transform).items()
+        for label, (reader, transform) in loader_pipelines(dm.preprocess, train.transform).items()
     }

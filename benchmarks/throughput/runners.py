@@ -23,7 +23,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .build import compose, data_module, first_phase, first_phase_model, settings, trainer_settings
+from .build import (
+    compose,
+    data_module,
+    first_phase,
+    first_phase_model,
+    preprocess,
+    settings,
+    trainer_settings,
+)
 from .loading import run_loader, seed_transform
 
 CEILING_WARMUP = 2  # no loader to fill: the first step (kernel selection) and one more
@@ -69,8 +77,8 @@ def run_baseline(spec: dict[str, Any]) -> list[float]:
     c = compose(spec["overrides"])
     _, train_blocks, lr = first_phase(c)
     torch.manual_seed(0)
-    d = settings(c)[0].dataset  # the backbone's preprocessing filled in
-    tf = seed_transform(int(d.img_size), d.mean, d.std)
+    d, pre = settings(c)[0].dataset, preprocess(c)  # the backbone's preprocessing filled in
+    tf = seed_transform(int(pre.img_size), pre.mean, pre.std)
     ds = datasets.ImageFolder(str(Path(d.root) / "train"), transform=tf)
     loader = DataLoader(ds, batch_size=spec["batch"], shuffle=True, num_workers=spec.get("workers", 2))
     net = build_backbone(c["backbone"]["name"], len(ds.classes), weights=None)
