@@ -75,7 +75,7 @@ def main() -> None:
     table = make_table(paths, ["a" if i % 2 else "b" for i in range(len(paths))])
     side = int(round(args.img_size * args.cache_size))
     t0 = time.perf_counter()
-    cache = build_cache(table["path"].tolist(), root / "cache", side, workers=args.workers)
+    cache = build_cache(table["path"].tolist(), root / "cache", side, None, workers=args.workers)
     build_s = time.perf_counter() - t0
     cache_mb = cache.data_file.stat().st_size / 2**20
     jpeg_mb = sum(p.stat().st_size for p in paths) / 2**20

@@ -60,7 +60,7 @@ def check_recipe(s: TrainSettings) -> None:
 def runtime_of(s: TrainSettings) -> Runtime:
     t = s.trainer
     return resolve_runtime(t.accelerator, t.precision, t.deterministic, s.model.channels_last, s.dataset.pin_memory,
-                           s.model.step_loss_in_bar)
+                           s.model.step_loss_in_bar, s.dataset.batch_augment)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -73,7 +73,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(s.seed, workers=True, verbose=False)
 
     dm = MedImageDataModule(s.dataset, work_dir(s.dataset, s.paths.cache_dir), rt.pin_memory, s.seed,
-                            run_preprocess(s.dataset))
+                            run_preprocess(s.dataset), batch_augment=rt.batch_augment)
     dm.prepare_data()
     dm.setup("fit")
     check_subgroup_columns(dm.table, s.dataset.subgroup_columns)  # before training, not after

@@ -1,4 +1,4 @@
-"""Step 1 of the GPU check: ``pytest -m gpu tests/test_gpu.py`` with a per-test timeout, its outcome per test
+"""Step 1 of the GPU check: ``pytest -m gpu tests/test_gpu.py tests/test_batch_augment.py`` with a per-test timeout, its outcome per test
 read from the JUnit XML that pytest writes."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def run_gpu_tests(repo: Path, env: dict[str, str], log: Path, xml_path: Path, ti
                   per_test_s: float) -> dict[str, Any]:
     """Run the ``gpu`` tests; the per-test timeout needs pytest-timeout (used when installed)."""
     args = ["-m", "pytest", "-m", "gpu", "-v", "-rA", "-p", "no:cacheprovider", f"--junitxml={xml_path}",
-            "tests/test_gpu.py"]
+            "tests/test_gpu.py", "tests/test_batch_augment.py"]
     if importlib.util.find_spec("pytest_timeout") is not None:
         args += [f"--timeout={per_test_s:.0f}"]
     xml_path.unlink(missing_ok=True)  # only this run's outcomes count

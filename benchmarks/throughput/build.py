@@ -50,7 +50,7 @@ def data_module(c: dict[str, Any]):
 
     s, rt = settings(c)
     dm = MedImageDataModule(s.dataset, work_dir(s.dataset, s.paths.cache_dir), rt.pin_memory, s.seed,
-                            run_preprocess(s.dataset))
+                            run_preprocess(s.dataset), batch_augment=rt.batch_augment)
     dm.prepare_data()
     dm.setup("fit")
     return dm

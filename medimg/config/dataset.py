@@ -58,6 +58,7 @@ class DatasetSettings:
     scan_files: bool
     cache: bool
     cache_size: float
+    batch_augment: Any    # auto | true | false: with the cache, augment whole uint8 batches on the model's device
     max_image_pixels: int | None
     max_aspect_ratio: float | None
     subgroup_columns: list[str]
@@ -76,6 +77,9 @@ class DatasetSettings:
         require(isinstance(self.num_workers, int) and self.num_workers >= 0, f"{where}.num_workers",
                 f"must be an integer >= 0, got {self.num_workers!r}")
         auto_or_bool(self.pin_memory, f"{where}.pin_memory")
+        auto_or_bool(self.batch_augment, f"{where}.batch_augment")
+        require(self.batch_augment is not True or self.cache, f"{where}.batch_augment",
+                "true reads whole batches from the decoded cache: set dataset.cache=true, or batch_augment=auto")
         require(self.sampling in ("shuffle", "balanced"), f"{where}.sampling",
                 f"must be shuffle or balanced, got {self.sampling!r}")
         if self.num_folds is not None:

@@ -21,6 +21,7 @@ class Runtime:
     channels_last: bool
     pin_memory: bool
     live_step_loss: bool    # the per-step loss in the progress bar (a host sync every step)
+    batch_augment: bool = False  # training batches augmented whole on the device (dataset.batch_augment)
 
     @property
     def cudnn_benchmark(self) -> bool:
@@ -68,7 +69,7 @@ def auto_flag(setting, auto_value: bool) -> bool:
 
 
 def resolve_runtime(accelerator: str, precision, deterministic, channels_last, pin_memory,
-                    step_loss_in_bar) -> Runtime:
+                    step_loss_in_bar, batch_augment=False) -> Runtime:
     """Every ``auto`` of a run decided for this machine (trainer, model and dataset keys of the same names)."""
     acc = resolve_accelerator(accelerator)
     prec = resolve_precision(precision, acc)
@@ -79,4 +80,7 @@ def resolve_runtime(accelerator: str, precision, deterministic, channels_last, p
         channels_last=auto_flag(channels_last, acc == "gpu" or (acc == "cpu" and prec.startswith("bf16"))),
         pin_memory=auto_flag(pin_memory, acc == "gpu"),
         live_step_loss=auto_flag(step_loss_in_bar, acc == "cpu"),
+        # on a GPU the augmentation is free there; on a CPU the loader workers augment alongside the step, which
+        # measured faster than augmenting whole batches in the training process (BENCHMARKS.md)
+        batch_augment=auto_flag(batch_augment, acc == "gpu"),
     )

@@ -65,18 +65,26 @@ class ImageCache:
             raise OSError(f"cache {self.data_file} holds {self.data_file.stat().st_size} bytes, its index "
                           f"expects {expected}")
         self._mm: np.memmap | None = None
+        same = len(self.shapes) > 0 and bool((self.shapes == self.shapes[0]).all())
+        self.uniform_shape = tuple(int(x) for x in self.shapes[0]) if same else None  # (h, w, c) shared by all
 
     def __len__(self) -> int:
         return len(self.row)
 
-    def __call__(self, path: str) -> torch.Tensor:
-        i = self.row[str(path)]
+    def memmap(self) -> np.memmap:
+        """The cache file, mapped read-only (once per process)."""
         if self._mm is None:
             self._mm = np.memmap(self.data_file, dtype=np.uint8, mode="r")
+        return self._mm
+
+    def array(self, i: int) -> np.ndarray:
+        """Image ``i`` (its row in the index) as an H x W x C uint8 copy: the map stays read-only."""
         h, w, c = (int(x) for x in self.shapes[i])
         start = int(self.offsets[i])
-        arr = np.array(self._mm[start:start + h * w * c]).reshape(h, w, c)  # a copy: the map stays read-only
-        return torch.from_numpy(arr).permute(2, 0, 1)
+        return np.array(self.memmap()[start:start + h * w * c]).reshape(h, w, c)
+
+    def __call__(self, path: str) -> torch.Tensor:
+        return torch.from_numpy(self.array(self.row[str(path)])).permute(2, 0, 1)
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -33,6 +33,26 @@ def colour_matrix(brightness: float, saturation: float, hue: float) -> torch.Ten
     return rot @ sat * brightness
 
 
+def colour_matrices(brightness: torch.Tensor, saturation: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
+    """``colour_matrix`` for a batch of factors (N each): N x 3 x 3, on the factors' device."""
+    dev, n = brightness.device, len(brightness)
+    eye, grey = torch.eye(3, device=dev), _GREY.to(dev).expand(3, 3)
+    s = saturation.view(n, 1, 1)
+    sat = s * eye + (1.0 - s) * grey
+    a = (2.0 * math.pi * hue).view(n, 1, 1)
+    axis = _AXIS.to(dev)
+    rot = torch.cos(a) * eye + torch.sin(a) * _CROSS.to(dev) + (1.0 - torch.cos(a)) * torch.outer(axis, axis)
+    return rot @ sat * brightness.view(n, 1, 1)
+
+
+def jitter_factors(strength: float, hue: float | None = None) -> tuple[float, float, float, float]:
+    """(brightness, contrast, saturation, hue) drawn from torch's random state as torchvision draws them:
+    the first three uniform in [1 - strength, 1 + strength], the hue in [-hue, hue] turns (strength / 10)."""
+    s, r = strength, torch.rand(4).tolist()
+    h = s / 10 if hue is None else hue
+    return 1 - s + 2 * s * r[0], 1 - s + 2 * s * r[1], 1 - s + 2 * s * r[2], h * (2 * r[3] - 1)
+
+
 class JitterNormalize(torch.nn.Module):
     """uint8 CxHxW image -> float32, colour-jittered (when ``strength`` > 0), normalised with mean/std."""
 
@@ -49,8 +69,7 @@ class JitterNormalize(torch.nn.Module):
         self.std = torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
 
     def _factors(self) -> tuple[float, float, float, float]:
-        s, r = self.strength, torch.rand(4).tolist()
-        return (1 - s + 2 * s * r[0], 1 - s + 2 * s * r[1], 1 - s + 2 * s * r[2], self.hue * (2 * r[3] - 1))
+        return jitter_factors(self.strength, self.hue)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         if img.dtype != torch.uint8:

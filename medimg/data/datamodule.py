@@ -16,10 +16,12 @@ import lightning as L
 import pandas as pd
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from medimg.config.dataset import PREPROCESS_KEYS, DatasetSettings
+from medimg.data.batch_augment import AugmentSpec, augment_batch
 from medimg.data.cache import ImageCache, build_cache
+from medimg.data.cached_batches import CachedBatches, RawBatch, passthrough
 from medimg.data.image_dataset import ImageDataset
 from medimg.data.readers import ImageLimits, read_image
 from medimg.data.sampling import EpochSampler, balanced_weights
@@ -66,14 +68,18 @@ class MedImageDataModule(L.LightningDataModule):
 
     ``train_seed`` fixes the order and augmentation of every training epoch (see data/sampling.py).
     ``preprocess`` (a trained model's, for evaluation) replaces the data set's size, resampling and
-    normalisation; by default they are the data set's (``preprocess_of``). ``class_order`` (a trained model's
+    normalisation; by default they are the data set's (``preprocess_of``). ``batch_augment`` (the run's resolved
+    ``dataset.batch_augment``): training batches leave the loader as cached uint8 and are augmented whole after
+    the transfer (data/batch_augment.py). ``class_order`` (a trained model's
     classes, for evaluation) orders the data's classes as the model does when the two are the same set: a
     folder of another site's images lists them alphabetically.
     """
 
     def __init__(self, ds: DatasetSettings, work_dir: str | Path, pin_memory: bool, train_seed: int,
-                 preprocess: Preprocess | None = None, class_order: list[str] | None = None):
+                 preprocess: Preprocess | None = None, class_order: list[str] | None = None,
+                 batch_augment: bool = False):
         super().__init__()
+        self.augment_whole_batches = batch_augment
         self.class_order = list(class_order) if class_order is not None else None
         self.ds = ds
         self.preprocess = preprocess or preprocess_of(ds)
@@ -143,6 +149,9 @@ class MedImageDataModule(L.LightningDataModule):
             self.datasets[split] = ImageDataset(self.split_table(split), self.class_names, tf, reader=self.reader)
         log.info("dataset %s: %d images, classes %s\n%s", ds.name, len(self.table), self.class_names,
                  split_summary(self.table).to_string())
+        if self.batch_augment:
+            log.info("training batches: whole uint8 batches from the cache, augmented per image on the model's "
+                     "device (dataset.batch_augment=false: per image in the loader workers)")
 
     def _image_cache(self) -> ImageCache:
         """dataset.cache=true: every image decoded and shrunk once into a memory-mapped file (see data/cache.py)."""
@@ -192,8 +201,42 @@ class MedImageDataModule(L.LightningDataModule):
         """Every image of ``split`` with the eval transform (no augmentation): what feature extraction reads."""
         return ImageDataset(self.split_table(split), self.class_names, self.eval_tf, reader=self.reader)
 
+    @property
+    def batch_augment(self) -> bool:
+        """Training batches augmented on the device (``dataset.batch_augment`` as resolved, from the cache only)."""
+        return bool(self.ds.cache and self.augment_whole_batches)
+
+    @functools.cached_property
+    def augment_spec(self) -> AugmentSpec:
+        ds, pre = self.ds, self.preprocess
+        return AugmentSpec(pre.img_size, ds.augment, tuple(ds.crop_scale), ds.hflip, ds.vflip, ds.rotation,
+                           ds.color_jitter, pre.mean, pre.std, pre.interpolation)
+
+    def batch_loader(self, epoch: int) -> DataLoader:
+        """Training batches as they are cached (``RawBatch``): one read per batch, one parameter row per image,
+        in the order and with the seeds of ``EpochSampler``; augmented after the transfer."""
+        ds, train = self.ds, self.datasets["train"]
+        weights = balanced_weights(train.targets) if ds.sampling == "balanced" else None
+        sampler = BatchSampler(EpochSampler(len(train), self.train_seed, epoch, weights=weights), ds.batch_size,
+                               drop_last=False)
+        assert isinstance(self.reader, ImageCache)
+        batches = CachedBatches(self.reader, [self.reader.row[p] for p in train.paths], train.targets,
+                                self.augment_spec)
+        return DataLoader(batches, batch_sampler=sampler, collate_fn=passthrough, num_workers=ds.num_workers,
+                          pin_memory=self.pin_memory, persistent_workers=ds.num_workers > 0,
+                          multiprocessing_context=worker_context(ds.num_workers))
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """A ``RawBatch`` (training with ``batch_augment``) is augmented and normalised here, on the device."""
+        if isinstance(batch, RawBatch):
+            return augment_batch(batch.images, batch.params, self.augment_spec), batch.targets, batch.rows
+        return batch
+
     def train_dataloader(self) -> DataLoader:
-        return self.loader(self.datasets["train"], train=True, epoch=self.trainer.current_epoch if self.trainer else 0)
+        epoch = self.trainer.current_epoch if self.trainer else 0
+        if self.batch_augment:
+            return self.batch_loader(epoch)
+        return self.loader(self.datasets["train"], train=True, epoch=epoch)
 
     def val_dataloader(self) -> DataLoader:
         return self.loader(self.datasets["val"], train=False)
