@@ -34,10 +34,12 @@ from medimg.files import write_json, write_text  # noqa: E402
 SIZES = {"small": ["dataset.num_images=600", "dataset.split.val=0.05", "dataset.split.test=0.75"],
          "large": ["dataset.num_images=3000"]}
 OLD = ["stage.phases.head.head_fit=epochs", "stage.phases.finetune.lr=5e-4", "stage.phases.finetune.min_steps=0",
-       "stage.phases.finetune.patience_min_steps=0", "callbacks.early_stopping.from_start=false"]
+       "stage.phases.finetune.patience_min_steps=0", "callbacks.early_stopping.from_start=false",
+       "trainer.val_min_steps=0"]  # validated after every epoch, as it was
 RECIPES = {
     "old": OLD,
     "new": [],
+    "val_every_epoch": ["trainer.val_min_steps=0"],  # the new recipe validated after every epoch (as before)
     "lr5e-4": ["stage.phases.finetune.lr=5e-4"],
     "head_only": ["~stage.phases.finetune"],
     "warmup": ["stage.phases.finetune.warmup_steps=50"],

@@ -4,6 +4,7 @@ learning-rate finder, the regularisers (mixup/cutmix, focal loss, EMA, balanced 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import lightning as L
 import numpy as np
@@ -62,6 +63,13 @@ def test_steps_raise_epochs_and_patience_on_small_sets_only(tmp_path):
     two_gpus = phase_budget(ph, n_train=7000, batch_size=64, trainer=s.trainer, world=2)
     assert two_gpus.steps_per_epoch == 55 and two_gpus.epochs == 10
     assert "raised to reach min_steps=300" in small.describe(ph) and "patience 2 -> 50" in small.describe(ph)
+    # trainer.val_min_steps=20: the 2-step epochs are validated every 10 epochs, patience counted in validations
+    assert (small.val_every, small.patience_checks, ham.val_every, ham.patience_checks) == (10, 5, 1, 2)
+    assert "validated every 10 epochs (20 steps" in small.describe(ph) and "= 5 validations" in small.describe(ph)
+    odd = phase_budget(ph, n_train=64 * 3, batch_size=64, trainer=s.trainer, world=1)  # 3 steps an epoch
+    assert (odd.val_every, odd.epochs) == (7, 105)  # 100 epochs for min_steps, rounded up to whole periods
+    every_epoch = replace(s.trainer, val_min_steps=0)
+    assert phase_budget(ph, n_train=80, batch_size=64, trainer=every_epoch, world=1).val_every == 1
 
 
 def test_the_phase_log_says_when_trainer_max_epochs_lowered_the_epochs(tmp_path):

@@ -74,7 +74,7 @@ def test_resume_in_stage_two_keeps_layer4_trainable(tiny_cfg, init_weights, tmp_
     path, _ = init_weights
     base = ["stage=two_stage", f"backbone.weights={path}", "trainer.max_epochs=null",
             "stage.phases.head.epochs=1", "stage.phases.finetune.epochs=2", "stage.phases.finetune.min_steps=0",
-            "callbacks.early_stopping.enabled=false",
+            "callbacks.early_stopping.enabled=false", "trainer.val_min_steps=0",
             "callbacks.checkpoint.save_top_k=-1"]  # keep every epoch's checkpoint: <phase>-<epoch>.ckpt
     interrupt_at(monkeypatch, "finetune", 1)  # a crash in the second fine-tune epoch
     with pytest.raises(Interrupted):
@@ -135,7 +135,8 @@ def test_resume_in_stage_one_with_plateau_then_fine_tunes(tiny_cfg, init_weights
     path, init = init_weights
     common = ["stage=two_stage", "stage.phases.head.feature_cache=false", "stage.phases.head.epochs=2",
               "stage.phases.finetune.epochs=1", f"backbone.weights={path}", "trainer.max_epochs=null",
-              "stage.phases.head.min_steps=0", "stage.phases.finetune.min_steps=0", "optim.scheduler=plateau", "callbacks.early_stopping.enabled=false"]
+              "stage.phases.head.min_steps=0", "stage.phases.finetune.min_steps=0", "optim.scheduler=plateau", "callbacks.early_stopping.enabled=false",
+              "trainer.val_min_steps=0"]
     interrupt_at(monkeypatch, "head", 1)  # a crash in the second head epoch
     with pytest.raises(Interrupted):
         train(tiny_cfg(*common))

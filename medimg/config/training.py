@@ -131,6 +131,7 @@ class TrainerSettings:
     deterministic: Any
     log_every_n_steps: int
     check_val_every_n_epoch: int
+    val_min_steps: int    # medimg's: optimiser steps between validations on a small set (training/budget.py)
     gradient_clip_val: float | None
     accumulate_grad_batches: int
     num_sanity_val_steps: int
@@ -152,11 +153,15 @@ class TrainerSettings:
         require(devices_ok and not isinstance(self.devices, bool), f"{where}.devices",
                 f"must be a count > 0, -1 (all), auto, or a list of device ids such as [0,1], got {self.devices!r}")
         positive(self.max_epochs, f"{where}.max_epochs", allow_none=True)
+        positive(self.check_val_every_n_epoch, f"{where}.check_val_every_n_epoch")
+        require(isinstance(self.val_min_steps, int) and self.val_min_steps >= 0, f"{where}.val_min_steps",
+                f"must be an integer >= 0 (0 = validate every epoch), got {self.val_min_steps!r}")
         positive(self.accumulate_grad_batches, f"{where}.accumulate_grad_batches")
 
     def lightning_kwargs(self) -> dict[str, Any]:
         """The Trainer arguments that pass through as they are (unset limits left out)."""
-        own = {"accelerator", "precision", "deterministic", "max_epochs", "extra"}
+        own = {"accelerator", "precision", "deterministic", "max_epochs", "val_min_steps", "check_val_every_n_epoch",
+               "extra"}
         kw = {k: v for k, v in self.__dict__.items() if k not in own and v is not None}
         return {**kw, **self.extra}
 

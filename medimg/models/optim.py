@@ -51,7 +51,8 @@ def build_schedule(opt: torch.optim.Optimizer, optim: dict[str, Any], phase: dic
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
     if kind == "plateau":
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=optim["gamma"], patience=1)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss"}}
+        # strict=False: on a small set's epochs without validation (trainer.val_min_steps) it waits for the next
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss", "strict": False}}
     if kind == "none":
         return {"optimizer": opt}
     raise ConfigError(f"unknown optim.scheduler={kind!r}; choose cosine, step, plateau or none")

@@ -61,8 +61,8 @@ def fit_phase(s: TrainSettings, rt: Runtime, model: ImageClassifier, dm: MedImag
     log.info("phase %r: training %s + head (%d parameters) at lr %g; %s", name,
              model.phase["train_blocks"] or "nothing of the backbone", n_train, lr, budget.describe(ph))
     start = book.best(s.monitor_mode)
-    trainer, best = build_phase_trainer(s, rt, book, name, budget.epochs, budget.patience, run_dir,
-                                        start_score=start[1] if start else None)
+    trainer, best = build_phase_trainer(s, rt, book, name, budget.epochs, budget.patience_checks, run_dir,
+                                        start_score=start[1] if start else None, val_every=budget.val_every)
     dm.train_seed = derive_seed(s.seed, "train", name)
     trainer.fit(model, datamodule=data, ckpt_path=resume_from, weights_only=True)  # tensors and plain types only
     if best.best_model_path:

@@ -1,10 +1,10 @@
 """Turns the run's settings into a Lightning Trainer for one phase, or for evaluation.
 
 A phase's Trainer keeps the best checkpoint of the phase (``<phase>-best.ckpt``, by ``monitor``), writes
-``last.ckpt`` at the end of every epoch (the resume point; both written atomically, with the run's
-bookkeeping inside), stops early when ``monitor`` has not beaten the weights the phase started from within
-its patience, seeds every epoch (see seeding.py), and logs to the configured loggers under a version named
-after the phase.
+``last.ckpt`` after every validated epoch (every epoch, or every ``val_every`` on a small set: the resume
+point; both written atomically, with the run's bookkeeping inside), stops early when ``monitor`` has not beaten
+the weights the phase started from within its patience, seeds every epoch (see seeding.py), and logs to the
+configured loggers under a version named after the phase.
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ class EpochStartCheckpoint(Callback):
     early-stopping count and scheduler step included. Lightning resumes such a checkpoint as a clean start of
     the next epoch (the last epoch of a phase is saved by the phase's boundary checkpoint)."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    def __init__(self, path: Path, every: int = 1):
+        self.path, self.every = Path(path), int(every)  # after each validated epoch (every ``every`` epochs)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch > 0:
+        if trainer.current_epoch > 0 and trainer.current_epoch % self.every == 0:
             # the per-epoch counters as the epoch loop resets them a moment later, so that a resume from this
             # checkpoint runs the whole epoch (else Lightning reads the previous epoch's counters as "done")
             loop = trainer.fit_loop.epoch_loop
@@ -71,14 +71,14 @@ def is_rank_zero() -> bool:
     return rank_zero_only.rank == 0
 
 
-def _checkpoints(s: TrainSettings, phase: str, folder: Path) -> tuple[ModelCheckpoint, list[Callback]]:
+def _checkpoints(s: TrainSettings, phase: str, folder: Path, every: int) -> tuple[ModelCheckpoint, list[Callback]]:
     ck = s.callbacks.checkpoint
     best = ModelCheckpoint(
         dirpath=str(folder), filename=f"{phase}-best" if ck.save_top_k == 1 else f"{phase}-{{epoch:02d}}",
         monitor=s.monitor, mode=s.monitor_mode, save_top_k=ck.save_top_k, save_last=False,
         auto_insert_metric_name=False, enable_version_counter=False,
     )
-    return best, [EpochStartCheckpoint(folder / "last.ckpt")] if ck.save_last else []
+    return best, [EpochStartCheckpoint(folder / "last.ckpt", every)] if ck.save_last else []
 
 
 def early_stopping(es: EarlyStoppingSettings, monitor: str, mode: str, patience: int,
@@ -95,11 +95,12 @@ def early_stopping(es: EarlyStoppingSettings, monitor: str, mode: str, patience:
 
 
 def build_phase_trainer(s: TrainSettings, rt: Runtime, book: PhaseBook, phase: str, epochs: int,
-                        patience: int | None, run_dir: Path,
-                        start_score: float | None = None) -> tuple[L.Trainer, ModelCheckpoint]:
-    """The Trainer for one phase and its best-checkpoint callback (``start_score``: see ``early_stopping``)."""
+                        patience: int | None, run_dir: Path, start_score: float | None = None,
+                        val_every: int = 1) -> tuple[L.Trainer, ModelCheckpoint]:
+    """The Trainer for one phase and its best-checkpoint callback (``start_score``: see ``early_stopping``;
+    ``patience`` in validations, one every ``val_every`` epochs: training/budget.py)."""
     cb = s.callbacks
-    best, extra = _checkpoints(s, phase, run_dir / "checkpoints")
+    best, extra = _checkpoints(s, phase, run_dir / "checkpoints", val_every)
     callbacks: list[Callback] = [best, *extra, RunStateWriter(book), StepSeeder(s.seed, phase), NetworkSummary(),
                                  TrainingHistory(run_dir / "history.json", phase, s.monitor)]
     if cb.early_stopping.enabled and patience is not None:
@@ -118,7 +119,8 @@ def build_phase_trainer(s: TrainSettings, rt: Runtime, book: PhaseBook, phase: s
     if s.trainer.enable_progress_bar and cb.rich_progress:
         callbacks.append(RichProgressBar())
     trainer = L.Trainer(max_epochs=epochs, callbacks=callbacks, logger=loggers or False,
-                        default_root_dir=str(run_dir), **trainer_kwargs(s.trainer, rt))
+                        default_root_dir=str(run_dir), check_val_every_n_epoch=val_every,
+                        **trainer_kwargs(s.trainer, rt))
     return trainer, best
 
 
