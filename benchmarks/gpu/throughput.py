@@ -90,7 +90,8 @@ def cli_overrides(ctx: Ctx, model: str, stage: str, run_dir: Path, extra: list[s
     """The medimg CLI run of one measurement (see the module docstring)."""
     steps = ctx.n_train // ctx.batch
     limits = (["trainer.max_epochs=1", f"trainer.limit_train_batches={steps}"] if stage == "full"
-              else [f"trainer.max_epochs={ctx.head_epochs}"])
+              # the head trained by Lightning on cached features (the convex solve has no training steps to time)
+              else [f"trainer.max_epochs={ctx.head_epochs}", "stage.phases.head.head_fit=epochs"])
     device = [] if ctx.cuda else ["trainer.accelerator=cpu"]
     return ["trainer=gpu", *device, "dataset=folder", f"dataset.root={ctx.data_root}",
             f"dataset.img_size={ctx.img_size}", f"dataset.batch_size={ctx.batch}",
