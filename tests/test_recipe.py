@@ -68,6 +68,10 @@ def test_steps_raise_epochs_and_patience_on_small_sets_only(tmp_path):
     assert "validated every 10 epochs (20 steps" in small.describe(ph) and "= 5 validations" in small.describe(ph)
     odd = phase_budget(ph, n_train=64 * 3, batch_size=64, trainer=s.trainer, world=1)  # 3 steps an epoch
     assert (odd.val_every, odd.epochs) == (7, 105)  # 100 epochs for min_steps, rounded up to whole periods
+    no_floor = replace(ph, min_steps=0)
+    rounded = phase_budget(no_floor, n_train=64 * 3, batch_size=64, trainer=s.trainer, world=1)
+    assert rounded.epochs == 14 and "epochs 10 -> 14, rounded up to whole validation periods of 7 epochs" in \
+        rounded.describe(no_floor)
     every_epoch = replace(s.trainer, val_min_steps=0)
     assert phase_budget(ph, n_train=80, batch_size=64, trainer=every_epoch, world=1).val_every == 1
 

@@ -25,22 +25,11 @@ def batch_rate(dm, repeats: int, device: str) -> float:
     """Median images/s of ``dm``'s batch loader with its augmentation on ``device`` (one warm-up pass)."""
     import statistics
 
-    import torch
-
-    from medimg.data.batch_augment import augment_batch
+    from batch_augment import timed_pass
 
     loader = dm.batch_loader(0)
-
-    def one_pass() -> float:
-        t0, n = time.perf_counter(), 0
-        for batch in loader:
-            n += len(augment_batch(batch.images.to(device, non_blocking=True), batch.params, dm.augment_spec))
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return n / (time.perf_counter() - t0)
-
-    one_pass()
-    return statistics.median(one_pass() for _ in range(repeats))
+    timed_pass(loader, True, dm.augment_spec, device)
+    return statistics.median(timed_pass(loader, True, dm.augment_spec, device) for _ in range(repeats))
 
 
 def main() -> None:

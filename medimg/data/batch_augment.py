@@ -25,9 +25,8 @@ from torchvision.transforms import RandomResizedCrop
 from medimg.data.color_jitter import _GREY, colour_matrices, jitter_factors
 
 RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect ratio range, as the CPU transform uses it
-# one row per image: top, left, height, width (crop box, source pixels), hflip, vflip (0/1), angle (degrees),
-# brightness, contrast, saturation, hue (turns)
-N_PARAMS = 11
+# a parameter row (one per image): top, left, height, width (crop box, source pixels), hflip, vflip (0/1),
+# angle (degrees), brightness, contrast, saturation, hue (turns)
 
 
 @dataclass(frozen=True)

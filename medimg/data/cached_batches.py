@@ -37,14 +37,15 @@ def read_canvas(cache: ImageCache, rows: np.ndarray) -> np.ndarray:
     """N x H x W x 3 uint8 of the cache's ``rows``: one fancy index into the memory map when every image of the
     cache has one shape, else each image at the top left of a canvas that holds them all, its last row and column
     repeated to the canvas's edges (so that resampling at an image's border reads the image, not padding)."""
-    shapes = cache.shapes[rows]
     if cache.uniform_shape is not None:
         h, w, c = cache.uniform_shape
+        n = len(cache.shapes)
         order = np.argsort(rows, kind="stable")  # a memory map reads fastest in file order
-        block = cache.memmap()[: len(cache) * h * w * c].reshape(len(cache), h, w, c)[rows[order]]
+        block = cache.memmap()[: n * h * w * c].reshape(n, h, w, c)[rows[order]]
         out = np.empty_like(block)
         out[order] = block
         return out
+    shapes = cache.shapes[rows]
     height, width = int(shapes[:, 0].max()), int(shapes[:, 1].max())
     out = np.empty((len(rows), height, width, 3), np.uint8)
     for k, r in enumerate(rows):

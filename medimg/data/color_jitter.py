@@ -27,14 +27,12 @@ _CROSS = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) * 
 
 def colour_matrix(brightness: float, saturation: float, hue: float) -> torch.Tensor:
     """3x3 matrix applying brightness (scale), saturation (blend with grey) and a hue rotation (turns)."""
-    sat = saturation * torch.eye(3) + (1.0 - saturation) * _GREY.expand(3, 3)
-    a = 2.0 * math.pi * hue  # Rodrigues' rotation about the grey diagonal
-    rot = math.cos(a) * torch.eye(3) + math.sin(a) * _CROSS + (1.0 - math.cos(a)) * torch.outer(_AXIS, _AXIS)
-    return rot @ sat * brightness
+    return colour_matrices(torch.tensor([brightness]), torch.tensor([saturation]), torch.tensor([hue]))[0]
 
 
 def colour_matrices(brightness: torch.Tensor, saturation: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
-    """``colour_matrix`` for a batch of factors (N each): N x 3 x 3, on the factors' device."""
+    """``colour_matrix`` for a batch of factors (N each): N x 3 x 3, on the factors' device. The hue turns the
+    RGB cube about its grey diagonal (Rodrigues' rotation)."""
     dev, n = brightness.device, len(brightness)
     eye, grey = torch.eye(3, device=dev), _GREY.to(dev).expand(3, 3)
     s = saturation.view(n, 1, 1)

@@ -182,11 +182,14 @@ class MedImageDataModule(L.LightningDataModule):
         evaluation: every item once, in order (each rank its share under DDP). Loader workers persist across
         epochs; ``in_memory`` data needs none."""
         ds = self.ds
-        weights = balanced_weights(dataset.targets) if train and ds.sampling == "balanced" else None
-        sampler = EpochSampler(len(dataset), self.train_seed, epoch, weights=weights) if train \
-            else eval_sampler(dataset)
+        sampler = self.train_sampler(dataset, epoch) if train else eval_sampler(dataset)
         return self._loader(dataset, ds.batch_size if train else ds.eval_batch_size, sampler,
                             workers=0 if in_memory else ds.num_workers, persistent=True)
+
+    def train_sampler(self, dataset, epoch: int) -> EpochSampler:
+        """The seeded (row, seed) order of a training epoch: shuffled, or class-balanced (``dataset.sampling``)."""
+        weights = balanced_weights(dataset.targets) if self.ds.sampling == "balanced" else None
+        return EpochSampler(len(dataset), self.train_seed, epoch, weights=weights)
 
     def once_loader(self, dataset: Dataset) -> DataLoader:
         """Every item of ``dataset`` once, in order, on every rank (feature extraction); workers end with it."""
@@ -216,9 +219,7 @@ class MedImageDataModule(L.LightningDataModule):
         """Training batches as they are cached (``RawBatch``): one read per batch, one parameter row per image,
         in the order and with the seeds of ``EpochSampler``; augmented after the transfer."""
         ds, train = self.ds, self.datasets["train"]
-        weights = balanced_weights(train.targets) if ds.sampling == "balanced" else None
-        sampler = BatchSampler(EpochSampler(len(train), self.train_seed, epoch, weights=weights), ds.batch_size,
-                               drop_last=False)
+        sampler = BatchSampler(self.train_sampler(train, epoch), ds.batch_size, drop_last=False)
         assert isinstance(self.reader, ImageCache)
         batches = CachedBatches(self.reader, [self.reader.row[p] for p in train.paths], train.targets,
                                 self.augment_spec)

@@ -35,20 +35,21 @@ class PhaseBudget:
         """The budget in one line, with each change to the phase's own epochs and patience and its reason."""
         changes = []
         if self.epochs != ph.epochs:
+            for_steps = math.ceil(ph.min_steps / self.steps_per_epoch)
             why = ("lowered by trainer.max_epochs" if self.epochs_capped
-                   else f"raised to reach min_steps={ph.min_steps} on the small data set")
+                   else f"raised to reach min_steps={ph.min_steps} on the small data set" if for_steps > ph.epochs
+                   else f"rounded up to whole validation periods of {self.val_every} epochs")
             changes.append(f"epochs {ph.epochs} -> {self.epochs}, {why}")
         if self.patience != ph.patience:
             changes.append(f"patience {ph.patience} -> {self.patience}, raised to reach "
                            f"patience_min_steps={ph.patience_min_steps} on the small data set")
         if self.val_every > 1:
+            counted = (f", patience {self.patience} epochs = {self.patience_checks} validations"
+                       if self.patience is not None else "")
             changes.append(f"validated every {self.val_every} epochs ({self.val_every * self.steps_per_epoch} "
-                           f"steps, trainer.val_min_steps), patience {self.patience} epochs = "
-                           f"{self.patience_checks} validations" if self.patience is not None
-                           else f"validated every {self.val_every} epochs (trainer.val_min_steps)")
+                           f"steps, trainer.val_min_steps){counted}")
         what = f" ({'; '.join(changes)})" if changes else ""
         return f"{self.steps_per_epoch} optimiser steps an epoch, up to {self.total_steps} in all{what}"
-
 
     @property
     def patience_checks(self) -> int | None:
