@@ -30,7 +30,7 @@ from machine import cpu_info
 from throughput.build import classifier, compose, data_module
 from throughput.data import DATA, folder_overrides, make_images
 
-from medimg.evaluation.calibration import calibrated_probs
+from medimg.evaluation.calibration import Uncalibrated
 from medimg.explain.gradcam import compute_cams
 from medimg.export import ExportModel
 from medimg.files import write_json
@@ -53,7 +53,7 @@ class EagerFP32:
 
     def probs(self, x: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
-            return calibrated_probs(self.model.net(x).float(), None).numpy()
+            return Uncalibrated().probs(self.model.net(x).float()).numpy()
 
 
 class EagerBF16:
@@ -67,7 +67,7 @@ class EagerBF16:
     def probs(self, x: torch.Tensor) -> np.ndarray:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
             logits = self.net(x.contiguous(memory_format=torch.channels_last))
-        return calibrated_probs(logits.float(), None).numpy()
+        return Uncalibrated().probs(logits.float()).numpy()
 
 
 class OnnxRuntime:

@@ -4,13 +4,14 @@ decision rule on its probabilities: shared by ``medimg.predict`` and ``medimg.se
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from medimg.data.transforms import Preprocess
 from medimg.errors import ConfigError
+from medimg.evaluation.calibration import Calibration
 from medimg.evaluation.metrics import predict_labels
 from medimg.inference import TorchEngine, TrainedModel, load_trained
 from medimg.onnx_model import OnnxEngine
@@ -37,7 +38,7 @@ class Engine(Protocol):
     calibration_note: str
 
     @property
-    def calibration(self) -> dict[str, Any] | None: ...
+    def calibration(self) -> Calibration: ...
 
     def probs(self, x: torch.Tensor) -> np.ndarray: ...
 

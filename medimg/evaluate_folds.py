@@ -11,7 +11,7 @@ import lightning as L
 from medimg.console import print_metrics
 from medimg.data.datamodule import MedImageDataModule
 from medimg.evaluation import cross_validation as cv
-from medimg.evaluation.calibration import describe
+from medimg.evaluation.calibration import FoldEnsemble
 from medimg.evaluation.evaluator import Evaluation, split_loader, split_metrics, write_evaluation
 from medimg.evaluation.predictions import collect_outputs
 from medimg.files import write_json
@@ -32,9 +32,9 @@ def ensemble_evaluation(trainer: L.Trainer, dm: MedImageDataModule, runs: Sequen
         outputs = collect_outputs(trainer, trained.model, split_loader(dm, split), views, expected_rows=len(table))
         fold_probs.append((outputs.probs(None), outputs.probs(trained.calibration)))
         states.append(trained.calibration)
-        log.info("fold %d: %s", cv.fold_of(run), describe(trained.calibration))
+        log.info("fold %d: %s", cv.fold_of(run), trained.calibration.describe())
     raw, cal = cv.ensemble_probs(fold_probs)
-    state = cv.ensemble_state(states)
+    state = FoldEnsemble.of(states)
     names = dm.class_names
     return Evaluation(
         split=split, class_names=names, targets=outputs.targets, raw_probs=raw, final_probs=cal, calibration=state,

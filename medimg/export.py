@@ -30,7 +30,7 @@ from medimg.cli import CONF_DIR, run_task
 from medimg.config.commands import ExportSettings
 from medimg.config.schema import read
 from medimg.errors import UserError
-from medimg.evaluation.calibration_layer import CalibrationLayer
+from medimg.evaluation.calibration import Calibration
 from medimg.files import atomic_write
 from medimg.inference import TrainedModel, load_trained
 from medimg.onnx_model import metadata
@@ -45,10 +45,10 @@ class ExportError(UserError, RuntimeError):
 class ExportModel(nn.Module):
     """Network + calibration: ``image -> (probs, logits)``."""
 
-    def __init__(self, net: nn.Module, calibration: dict[str, Any] | None, num_classes: int):
+    def __init__(self, net: nn.Module, calibration: Calibration, num_classes: int):
         super().__init__()
         self.net = net
-        self.calibrate = CalibrationLayer(calibration, num_classes)
+        self.calibrate = calibration.as_module(num_classes)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.net(image)

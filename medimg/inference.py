@@ -5,6 +5,8 @@ arguments, the evaluation ``preprocess`` among them) plus a ``medimg`` entry::
 
     {"phase": {...}, "phases_done": {...}, "class_names": [...], "settings": {...}, "calibration": {...} | None}
 
+(``calibration``: ``Calibration.to_dict()``, read back as a ``Calibration`` value.)
+
 It is read with ``weights_only=True`` (tensors and plain types, never arbitrary pickles). Everything that
 predicts after training (evaluate, predict, export, explain, the Grad-CAM callback, the server) loads it with
 ``load_trained`` and uses the ``TrainedModel``'s class names, preprocessing, calibration (presence,
@@ -22,8 +24,7 @@ import torch
 
 from medimg.data.transforms import Preprocess
 from medimg.errors import CheckpointError, UserError
-from medimg.evaluation.calibration import calibrated_probs, describe, is_calibrated
-from medimg.evaluation.metrics import predict_labels
+from medimg.evaluation.calibration import Calibration
 from medimg.files import read_torch, save_torch
 from medimg.models.classifier import ImageClassifier
 
@@ -31,12 +32,12 @@ UNCALIBRATED = "UNCALIBRATED: the checkpoint holds no calibration (plain softmax
 
 
 def checkpoint_entry(phase: dict[str, Any], phases_done: dict[str, Any], class_names, settings: dict[str, Any],
-                     phase_completed: bool, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+                     phase_completed: bool) -> dict[str, Any]:
     """The ``medimg`` entry of a checkpoint. ``phase_completed``: the weights are the best of ``phase``, which
     is over (written at a phase boundary); else the checkpoint is the end of an epoch inside ``phase``."""
     return {"phase": dict(phase), "phases_done": {k: dict(v) for k, v in phases_done.items()},
             "class_names": list(class_names), "settings": settings, "phase_completed": bool(phase_completed),
-            "calibration": calibration}
+            "calibration": None}
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -57,9 +58,9 @@ def run_dir_of(ckpt_path: str | Path) -> Path:
     return p.parents[1] if p.parent.name == "checkpoints" else p.parent
 
 
-def calibration_note(calibration: dict[str, Any] | None) -> str:
+def calibration_note(calibration: Calibration) -> str:
     """One line that says how the probabilities are made; starts with UNCALIBRATED when they are plain softmax."""
-    return f"calibrated ({describe(calibration)})" if is_calibrated(calibration) else UNCALIBRATED
+    return f"calibrated ({calibration.describe()})" if calibration.is_calibrated else UNCALIBRATED
 
 
 class ClassMismatchError(CheckpointError):
@@ -82,7 +83,7 @@ class TrainedModel:
     model: ImageClassifier
     path: Path
     state: dict[str, Any]
-    calibration: dict[str, Any] | None
+    calibration: Calibration
 
     @property
     def class_names(self) -> list[str]:
@@ -99,11 +100,11 @@ class TrainedModel:
     @property
     def threshold(self) -> float | None:
         """The binary operating threshold on P(class 1), when calibration chose one."""
-        return (self.calibration or {}).get("threshold")
+        return self.calibration.threshold
 
     @property
     def is_calibrated(self) -> bool:
-        return is_calibrated(self.calibration)
+        return self.calibration.is_calibrated
 
     @property
     def calibration_note(self) -> str:
@@ -111,11 +112,11 @@ class TrainedModel:
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities of ``logits`` (plain softmax without a calibration)."""
-        return calibrated_probs(logits, self.calibration)
+        return self.calibration.probs(logits)
 
     def decide(self, probs: torch.Tensor) -> torch.Tensor:
         """Class decisions: the operating threshold for binary models that have one, else the argmax."""
-        return predict_labels(probs, self.threshold)
+        return self.calibration.decide(probs)
 
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
@@ -133,14 +134,14 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
         raise CheckpointError(f"checkpoint {path} does not match its own model description: {e}") from e
     state = ckpt["medimg"]
     model.eval()
-    return TrainedModel(model.to(device), Path(path), state, state.get("calibration"))
+    return TrainedModel(model.to(device), Path(path), state, Calibration.from_dict(state.get("calibration")))
 
 
-def save_calibrated(src: str | Path, dst: str | Path, calibration: dict[str, Any] | None) -> Path:
+def save_calibrated(src: str | Path, dst: str | Path, calibration: Calibration) -> Path:
     """Copy the checkpoint ``src`` to ``dst`` with ``calibration`` stored in it (read safely, written atomically),
     so every later prediction from ``dst`` is calibrated."""
     ckpt = load_checkpoint(src)
-    ckpt["medimg"]["calibration"] = calibration
+    ckpt["medimg"]["calibration"] = calibration.to_dict()
     return save_torch(ckpt, dst)
 
 
@@ -181,7 +182,7 @@ class TorchEngine:
         return self.trained.probs(self.logits(x)).cpu().numpy()
 
     @property
-    def calibration(self) -> dict[str, Any] | None:
+    def calibration(self) -> Calibration:
         return self.trained.calibration
 
     def trained_model(self, ckpt_path: str | Path | None, device: str) -> TrainedModel:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from medimg.data.transforms import Preprocess
-from medimg.errors import UserError
+from medimg.errors import CheckpointError, UserError
+from medimg.evaluation.calibration import Calibration
 from medimg.inference import TrainedModel, load_trained
 
 INPUT_NOTE = ("image: float32 (batch, 3, H, W), RGB scaled to [0, 1], resized (shorter side to img_size*resize), "
@@ -29,7 +29,7 @@ def metadata(trained: TrainedModel) -> dict[str, str]:
         "medimg.class_names": json.dumps(trained.class_names),
         "medimg.preprocess": json.dumps(trained.preprocess.to_dict()),
         "medimg.input": INPUT_NOTE,
-        "medimg.calibration": json.dumps(trained.calibration),
+        "medimg.calibration": json.dumps(trained.calibration.to_dict()),
         "medimg.calibration_note": trained.calibration_note
         + (", folded into the ONNX graph" if trained.is_calibrated else ""),
         "medimg.backbone": trained.backbone,
@@ -73,11 +73,11 @@ class OnnxEngine:
         try:
             self.class_names: list[str] = [str(c) for c in json.loads(meta["medimg.class_names"])]
             self.preprocess = Preprocess.from_dict(json.loads(meta["medimg.preprocess"]))
-            self.calibration: dict[str, Any] | None = json.loads(meta.get("medimg.calibration", "null"))
-        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            self.calibration = Calibration.from_dict(json.loads(meta.get("medimg.calibration", "null")))
+        except (KeyError, TypeError, json.JSONDecodeError, CheckpointError) as e:
             raise UserError(f"{onnx_path}: its medimg metadata is damaged ({first_line(e)}); export it again") from None
         self.calibration_note = meta.get("medimg.calibration_note", "calibration unknown")
-        self.threshold = (self.calibration or {}).get("threshold")
+        self.threshold = self.calibration.threshold
         self.input_name = self.session.get_inputs()[0].name
 
     def trained_model(self, ckpt_path: str | Path | None, device: str) -> TrainedModel | None:

@@ -9,12 +9,16 @@ import pandas as pd
 import pytest
 import torch
 
-from medimg.evaluation.calibration import calibrated_probs
-from medimg.evaluation.evaluator import evaluation_from_outputs, fit_calibration_state, write_evaluation
+from medimg.evaluation.calibration import Calibration, fit_settings
+from medimg.evaluation.evaluator import evaluation_from_outputs, write_evaluation
 from medimg.evaluation.predictions import SplitOutputs
 from tests.conftest import calibration_of
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
+
+
+def fitted(outputs, cal):
+    return fit_settings(cal, outputs.logits[0], outputs.targets)
 
 
 def _outputs(n: int, seed: int, views: int = 1) -> SplitOutputs:
@@ -29,13 +33,13 @@ def _outputs(n: int, seed: int, views: int = 1) -> SplitOutputs:
 @pytest.mark.parametrize("method", ["temperature", "platt", "isotonic", "none"])
 def test_binary_calibration_and_threshold(method, tmp_path):
     val, test = _outputs(400, 0), _outputs(300, 1)
-    state = fit_calibration_state(val, 2, calibration_of(method, threshold="youden"))
-    assert 0 < state["threshold"] < 1 and state["threshold_rule"] == "youden"
+    state = fitted(val, calibration_of(method, threshold="youden"))
+    assert 0 < state.threshold < 1 and state.threshold_rule == "youden"
     table = pd.DataFrame({"path": [f"img_{i}.png" for i in range(300)], "label": "x"})
     ev = evaluation_from_outputs(test, table, CLASSES, state)
     m = ev.metrics
     assert {"test/sensitivity", "test/specificity", "test/threshold", "test/ece_positive"} <= set(m)
-    assert m["test/threshold"] == state["threshold"]
+    assert m["test/threshold"] == state.threshold
     if method != "none":
         assert m["test/nll_calibrated"] < m["test/nll"]
         assert m["test/ece_calibrated"] < m["test/ece"]
@@ -44,8 +48,8 @@ def test_binary_calibration_and_threshold(method, tmp_path):
 
     paths = write_evaluation(ev, tmp_path, title="binary", facts=[("data set", "synthetic binary")])
     pred = pd.read_csv(paths["predictions"])
-    p1 = calibrated_probs(test.logits[0].double(), state)[:, 1].numpy()
-    assert (pred["prediction"] == ["PNEUMONIA" if v >= state["threshold"] else "NORMAL" for v in p1]).all()
+    p1 = state.probs(test.logits[0].double())[:, 1].numpy()
+    assert (pred["prediction"] == ["PNEUMONIA" if v >= state.threshold else "NORMAL" for v in p1]).all()
     assert json.loads(paths["metrics"].read_text()) == pytest.approx(m)
     report = paths["report"].read_text()
     assert "operating threshold" in report and "| sensitivity |" in report
@@ -54,16 +58,16 @@ def test_binary_calibration_and_threshold(method, tmp_path):
 
 def test_target_sensitivity_rule_reaches_target_on_validation():
     val = _outputs(500, 2)
-    state = fit_calibration_state(val, 2, calibration_of("temperature", threshold="target_sensitivity",
+    state = fitted(val, calibration_of("temperature", threshold="target_sensitivity",
                                                          target_sensitivity=0.95))
-    p1 = calibrated_probs(val.logits[0].double(), state)[:, 1]
-    sens = float(((p1 >= state["threshold"]) & (val.targets == 1)).sum() / (val.targets == 1).sum())
-    assert sens >= 0.95 and state["threshold_rule"] == "sensitivity >= 0.95"
+    p1 = state.probs(val.logits[0].double())[:, 1]
+    sens = float(((p1 >= state.threshold) & (val.targets == 1)).sum() / (val.targets == 1).sum())
+    assert sens >= 0.95 and state.threshold_rule == "sensitivity >= 0.95"
 
 
 def test_tta_views_are_averaged_as_probabilities():
     out = _outputs(50, 3, views=3)
-    state = {"method": "temperature", "temperature": 2.0}
+    state = Calibration.from_dict({"method": "temperature", "temperature": 2.0})
     expected = torch.stack([torch.softmax(z.double() / 2.0, -1) for z in out.logits]).mean(0)
     torch.testing.assert_close(out.probs(state), expected)
     torch.testing.assert_close(out.mean_logits().double().softmax(-1), out.probs(None), atol=1e-6, rtol=0)
@@ -73,8 +77,8 @@ def test_platt_on_a_multiclass_task_falls_back_to_temperature(caplog):
     g = torch.Generator().manual_seed(4)
     out = SplitOutputs(logits=torch.randn(1, 100, 3, generator=g) * 3, targets=torch.randint(0, 3, (100,), generator=g),
                        rows=torch.arange(100))
-    state = fit_calibration_state(out, 3, calibration_of("platt"))
-    assert state["method"] == "temperature" and "threshold" not in state
+    state = fitted(out, calibration_of("platt"))
+    assert state.method == "temperature" and state.threshold is None
     assert "binary tasks" in caplog.text
 
 
@@ -86,9 +90,9 @@ def test_auto_and_bcts_through_the_pipeline_with_intervals_subgroups_and_curves(
 
     val, test = _outputs(400, 0), _outputs(300, 1)
     selection = {"candidates": ["temperature", "platt", "bcts", "vector"], "folds": 4, "seed": 0}
-    state = fit_calibration_state(val, 2, calibration_of("auto", threshold="youden", selection=selection))
-    assert state["method"] in selection["candidates"] and set(state["selection"]["cv_nll"]) == set(selection["candidates"])
-    assert 0 < state["threshold"] < 1
+    state = fitted(val, calibration_of("auto", threshold="youden", selection=selection))
+    assert state.method in selection["candidates"] and set(state.selection["cv_nll"]) == set(selection["candidates"])
+    assert 0 < state.threshold < 1
     table = pd.DataFrame({"path": [f"img_{i}.png" for i in range(300)], "label": "x",
                           "scanner": ["A", "B", "C"] * 100})
     ev = evaluation_from_outputs(test, table, CLASSES, state)

@@ -17,6 +17,7 @@ from medimg.evaluation.bootstrap import (
     percentile_interval,
     stratified_counts,
 )
+from medimg.evaluation.calibration import Temperature, Uncalibrated
 from medimg.evaluation.metrics import classification_metrics
 from medimg.evaluation.weighted_metrics import resampled_metrics
 
@@ -102,15 +103,15 @@ def test_a_thousand_resamples_of_3000_images_take_seconds():
 
 def test_metrics_json_keys_for_raw_calibrated_and_operating_point():
     probs, y = _predictions(300, 2, 5)
-    state = {"method": "temperature", "temperature": 2.0, "threshold": 0.4}
+    state = Temperature(temperature=2.0, threshold=0.4)
     out = interval_metrics(probs, probs, y, state, SETTINGS, prefix="test/")
     for name in ("accuracy", "auroc", "ece", "nll"):
         assert out[f"test/{name}_ci_low"] <= out[f"test/{name}_ci_high"]
         assert f"test/{name}_calibrated_ci_low" in out
     assert "test/sensitivity_ci_low" in out and "test/sensitivity_calibrated_ci_low" not in out
-    plain = interval_metrics(probs, probs, y, None, SETTINGS)
+    plain = interval_metrics(probs, probs, y, Uncalibrated(), SETTINGS)
     assert not any("_calibrated" in k or "sensitivity" in k for k in plain)
-    assert interval_metrics(probs, probs, y, None, {**SETTINGS, "bootstrap_resamples": 0}) == {}
+    assert interval_metrics(probs, probs, y, Uncalibrated(), {**SETTINGS, "bootstrap_resamples": 0}) == {}
 
 
 def test_undefined_resampled_values_are_skipped_and_said(caplog):

@@ -17,6 +17,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from medimg.errors import ConfigError
+from medimg.evaluation.calibration import Uncalibrated
 from medimg.evaluation.corruptions import CORRUPTIONS, PARAMETERS, corrupt
 from medimg.evaluation.robustness import (
     CorruptedImages,
@@ -138,7 +139,7 @@ def test_evaluate_robustness_writes_its_folder(tmp_path):
     dm = _test_split(tmp_path)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     out = tmp_path / "robustness"
-    summary = evaluate_robustness(trainer, _ContrastModel(), dm, None, out, ["contrast", "gaussian_blur"], [1, 3, 5],
+    summary = evaluate_robustness(trainer, _ContrastModel(), dm, Uncalibrated(), out, ["contrast", "gaussian_blur"], [1, 3, 5],
                                   seed=0, metric="accuracy", split="test", batch_size=8, num_workers=0)
     table = pd.read_csv(out / "robustness.csv")
     assert len(table) == 1 + 2 * 3 and set(table["corruption"]) == {"none", "contrast", "gaussian_blur"}

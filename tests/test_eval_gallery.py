@@ -11,6 +11,7 @@ from torchvision.models import resnet18
 from torchvision.transforms import v2
 
 from medimg.evaluation.analyses import analyse, evaluation_options
+from medimg.evaluation.calibration import Temperature
 from medimg.evaluation.error_gallery import Gallery, gallery_figures, gallery_pictures, select_gallery
 from medimg.evaluation.evaluator import evaluation_from_outputs, write_evaluation
 from medimg.evaluation.plots import close_figures
@@ -88,7 +89,7 @@ def _evaluation(n: int = 24):
     table = pd.DataFrame({"path": [f"img_{i}.png" for i in range(n)], "label": [NAMES[t] for t in targets],
                           "group": "", "split": "test", "site": ["a", "b"] * (n // 2)})
     outputs = SplitOutputs(logits=logits, targets=targets, rows=torch.arange(n))
-    return evaluation_from_outputs(outputs, table, NAMES, {"method": "temperature", "temperature": 1.5})
+    return evaluation_from_outputs(outputs, table, NAMES, Temperature(temperature=1.5))
 
 
 def _options(evaluation: dict, subgroup_columns: list[str]):

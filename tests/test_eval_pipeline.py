@@ -90,7 +90,7 @@ def test_best_checkpoint_carries_the_calibration(trained):
     state = raw["medimg"]["calibration"]
     assert state["method"] == "temperature" and isinstance(state["temperature"], float) and state["temperature"] > 0
     assert state["val_nll_after"] <= state["val_nll_before"]
-    assert load_trained(ckpt).calibration == state
+    assert load_trained(ckpt).calibration.to_dict() == state
 
 
 def test_tensorboard_gets_metrics_and_figures(trained):

@@ -16,6 +16,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_sco
 from medimg.data.sources.csv_source import csv_table
 from medimg.data.table import make_table, metadata_columns
 from medimg.errors import ConfigError, DataError
+from medimg.evaluation.calibration import Uncalibrated
 from medimg.evaluation.plots import close_figures, subgroup_figure
 from medimg.evaluation.predictions import SplitOutputs, predictions_table
 from medimg.evaluation.report import subgroup_lines
@@ -131,7 +132,7 @@ def test_csv_metadata_travels_into_the_table_and_predictions(tmp_path):
 
     rows = torch.tensor([3, 0, 5])
     outputs = SplitOutputs(logits=torch.randn(1, 3, 2), targets=torch.tensor([1, 0, 1]), rows=rows)
-    pred = predictions_table(outputs, table, classes, None)
+    pred = predictions_table(outputs, table, classes, Uncalibrated())
     assert list(pred.columns) == ["path", "label", "prediction", "probability", "sex", "age", "site", "p_a",
                                   "p_b"]
     assert pred["age"].tolist() == ["33", "30", "35"] and pred["path"].tolist() == table["path"][[3, 0, 5]].tolist()

@@ -15,8 +15,7 @@ import torch
 from PIL import Image
 
 from medimg.errors import ConfigError
-from medimg.evaluation.calibration import calibrated_probs, fit_bcts, fit_isotonic, fit_vector
-from medimg.evaluation.calibration_layer import CalibrationGraphError, CalibrationLayer
+from medimg.evaluation.calibration import BCTS, Calibration, Isotonic, Platt, VectorScaling
 from medimg.export import export, export_onnx
 from medimg.inference import CheckpointError, load_trained
 from medimg.predict import predict
@@ -27,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _with_calibration(src: Path, dst: Path, calibration) -> Path:
     ckpt = torch.load(src, map_location="cpu", weights_only=True)
-    ckpt["medimg"]["calibration"] = calibration
+    ckpt["medimg"]["calibration"] = calibration.to_dict() if isinstance(calibration, Calibration) else calibration
     torch.save(ckpt, dst)
     return dst
 
@@ -69,24 +68,22 @@ def test_isotonic_and_platt_fold_exactly():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(400, 4, generator=g) * 2
     targets = torch.randint(0, 4, (400,), generator=g)
-    iso = fit_isotonic(logits, targets)
+    iso = Isotonic.fit(logits, targets)
     test = torch.randn(300, 4, generator=g) * 3
-    ref = calibrated_probs(test.double(), iso).float()
-    np.testing.assert_allclose(CalibrationLayer(iso, 4)(test).numpy(), ref.numpy(), atol=1e-5)
-    platt = {"method": "platt", "a": 0.7, "b": -0.3}
+    ref = iso.probs(test.double()).float()
+    np.testing.assert_allclose(iso.as_module(4)(test).numpy(), ref.numpy(), atol=1e-5)
+    platt = Platt(a=0.7, b=-0.3)
     two = test[:, :2]
-    np.testing.assert_allclose(CalibrationLayer(platt, 2)(two).numpy(), calibrated_probs(two, platt).numpy(),
-                               atol=1e-6)
-    iso2 = fit_isotonic(two, (targets[:300] % 2))
-    np.testing.assert_allclose(CalibrationLayer(iso2, 2)(two).numpy(),
-                               calibrated_probs(two.double(), iso2).float().numpy(), atol=1e-5)
-    with pytest.raises(CalibrationGraphError, match="binary"):
-        CalibrationLayer(platt, 4)
+    np.testing.assert_allclose(platt.as_module(2)(two).numpy(), platt.probs(two).numpy(), atol=1e-6)
+    iso2 = Isotonic.fit(two, (targets[:300] % 2))
+    np.testing.assert_allclose(iso2.as_module(2)(two).numpy(), iso2.probs(two.double()).float().numpy(), atol=1e-5)
+    with pytest.raises(CheckpointError, match="binary"):
+        platt.as_module(4)
 
 
 def test_isotonic_checkpoint_exports(tiny_ckpt, tmp_path):
     g = torch.Generator().manual_seed(1)
-    iso = fit_isotonic(torch.randn(300, 4, generator=g), torch.randint(0, 4, (300,), generator=g))
+    iso = Isotonic.fit(torch.randn(300, 4, generator=g), torch.randint(0, 4, (300,), generator=g))
     ckpt = _with_calibration(tiny_ckpt, tmp_path / "iso.ckpt", iso)
     info = export_onnx(ckpt, tmp_path / "model.onnx", opset=17, check=True, atol=1e-4)
     assert info["max_abs_diff"] < 1e-4
@@ -103,23 +100,23 @@ def _shifted_logits(n: int, c: int, seed: int) -> tuple[torch.Tensor, torch.Tens
 def test_bcts_and_vector_fold_into_onnx(c, tmp_path):
     z, y = _shifted_logits(500, c, c)
     test = torch.randn(64, c, generator=torch.Generator().manual_seed(9)) * 4
-    for state in (fit_bcts(z, y), fit_vector(z, y)):
-        layer = CalibrationLayer(state, c).eval()
-        ref = calibrated_probs(test.double(), state).numpy()
+    for state in (BCTS.fit(z, y), VectorScaling.fit(z, y)):
+        layer = state.as_module(c).eval()
+        ref = state.probs(test.double()).numpy()
         np.testing.assert_allclose(layer(test).detach().numpy(), ref, atol=1e-6)
-        path = tmp_path / f"{state['method']}_{c}.onnx"
+        path = tmp_path / f"{state.method}_{c}.onnx"
         torch.onnx.export(layer, (test[:2],), str(path), dynamo=False, opset_version=17, input_names=["logits"],
                           output_names=["probs"], dynamic_axes={"logits": {0: "batch"}, "probs": {0: "batch"}})
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = sess.run(["probs"], {"logits": test.numpy()})[0]
         np.testing.assert_allclose(got, ref, atol=1e-5)
-    with pytest.raises(CalibrationGraphError, match="3 values of 'bias' but the model has 2 classes"):
-        CalibrationLayer({"method": "bcts", "temperature": 1.0, "bias": [0.0, 0.0, 0.0]}, 2)
+    with pytest.raises(CheckpointError, match="3 values of 'bias' but the model has 2 classes"):
+        BCTS(temperature=1.0, bias=(0.0, 0.0, 0.0)).as_module(2)
 
 
 def test_bcts_checkpoint_exports(tiny_ckpt, tmp_path):
     z, y = _shifted_logits(300, 4, 1)
-    ckpt = _with_calibration(tiny_ckpt, tmp_path / "bcts.ckpt", fit_bcts(z, y))
+    ckpt = _with_calibration(tiny_ckpt, tmp_path / "bcts.ckpt", BCTS.fit(z, y))
     info = export_onnx(ckpt, tmp_path / "model.onnx", opset=17, check=True, atol=1e-4)
     assert info["max_abs_diff"] < 1e-4 and "bcts" in info["calibration"]
 
@@ -130,7 +127,7 @@ def test_uncalibrated_export_says_so(tiny_ckpt, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "UNCALIBRATED" in out and "onnxruntime check passed" in out
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "o" / "model.onnx")).metadata_props}
-    assert meta["medimg.calibration"] == "null"
+    assert json.loads(meta["medimg.calibration"]) == {"method": "none"}
 
 
 def test_predict_with_onnx_matches_torch(onnx_model, tmp_path):

@@ -20,7 +20,7 @@ def test_test_false_returns_the_best_validation_score_to_a_search(tiny_cfg, tmp_
     run = tmp_path / "run"
     assert json.loads((run / "metrics.json").read_text()) == metrics
     assert not (run / "predictions.csv").exists()  # no test split was evaluated
-    assert load_trained(run / "checkpoints" / "best.ckpt").calibration is not None
+    assert load_trained(run / "checkpoints" / "best.ckpt").calibration.fitted_on.startswith("validation split")
 
 
 def test_a_failure_in_the_test_evaluation_keeps_the_calibrated_best_checkpoint(tiny_cfg, tmp_path, monkeypatch):
@@ -31,7 +31,7 @@ def test_a_failure_in_the_test_evaluation_keeps_the_calibrated_best_checkpoint(t
     with pytest.raises(RuntimeError, match="the test evaluation broke"):
         train(tiny_cfg("stage=full"))
     trained = load_trained(tmp_path / "run" / "checkpoints" / "best.ckpt")
-    assert trained.calibration["method"] != "none" and "fitted_on" in trained.calibration
+    assert trained.calibration.is_calibrated and trained.calibration.fitted_on.startswith("validation split")
 
 
 def test_test_loss_is_the_training_objective_with_focal_loss(tiny_cfg, tmp_path):

@@ -69,7 +69,7 @@ def add_subgroups(ev: Evaluation, options: EvaluationOptions) -> None:
         ev.subgroups = subgroup_audit(
             ev.final_probs, ev.targets, ev.table, ev.class_names, options.subgroup_columns, options.subgroup_bins,
             options.settings.subgroup_metrics, options.bootstrap, options.settings.subgroup_min_images,
-            threshold=(ev.calibration or {}).get("threshold"), split=ev.split)
+            threshold=ev.calibration.threshold, split=ev.split)
     except UserError as e:
         log.error("subgroup audit not done: %s", e)
         ev.notes.append(f"Subgroup audit not done: {e}")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medimg.evaluation.calibration import is_calibrated
+from medimg.evaluation.calibration import Calibration
 from medimg.evaluation.weighted_metrics import resampled_metrics
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def bootstrap_intervals(probs: torch.Tensor | np.ndarray, targets: torch.Tensor 
 
 
 def interval_metrics(raw: torch.Tensor, final: torch.Tensor, targets: torch.Tensor,
-                     calibration: dict[str, Any] | None, settings: dict[str, Any],
+                     calibration: Calibration, settings: dict[str, Any],
                      prefix: str = "test/") -> dict[str, float]:
     """The ``metrics.json`` entries: ``<prefix><metric>_ci_low`` / ``_ci_high`` for the uncalibrated
     probabilities, ``<prefix><metric>_calibrated_ci_low`` / ``_ci_high`` for the calibrated ones, and the
@@ -98,14 +98,13 @@ def interval_metrics(raw: torch.Tensor, final: torch.Tensor, targets: torch.Tens
                               int(settings["bootstrap_seed"]))
     if resamples <= 0:
         return {}
-    state = calibration or {}
     out: dict[str, float] = {}
     for name, (lo, hi) in bootstrap_intervals(raw, targets, resamples, level, seed).items():
         out[f"{prefix}{name}_ci_low"], out[f"{prefix}{name}_ci_high"] = lo, hi
-    calibrated = is_calibrated(state)
-    if calibrated or state.get("threshold") is not None:
+    calibrated = calibration.is_calibrated
+    if calibrated or calibration.threshold is not None:
         for name, (lo, hi) in bootstrap_intervals(final, targets, resamples, level, seed,
-                                                  state.get("threshold")).items():
+                                                  calibration.threshold).items():
             if name in OPERATING:
                 out[f"{prefix}{name}_ci_low"], out[f"{prefix}{name}_ci_high"] = lo, hi
             elif calibrated:

@@ -13,7 +13,6 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from medimg.errors import MissingDataError
+from medimg.evaluation.calibration import FoldEnsemble
 from medimg.evaluation.predictions import split_predictions
 from medimg.evaluation.report import HEADLINE, OPERATING, fmt
 
@@ -72,21 +72,11 @@ def ensemble_probs(fold_probs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> t
     return raw, cal
 
 
-def ensemble_state(states: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
-    """What the ensemble's decisions use: the mean of the folds' binary thresholds, if they have one."""
-    state: dict[str, Any] = {"method": "fold ensemble of calibrated probabilities", "folds": len(states)}
-    thresholds = [s["threshold"] for s in states if s and s.get("threshold") is not None]
-    if thresholds:
-        state["threshold"] = float(np.mean(thresholds))
-        state["threshold_rule"] = "mean of the folds' thresholds"
-    return state
-
-
 def ensemble_table(table: pd.DataFrame, rows: torch.Tensor, targets: torch.Tensor, raw: torch.Tensor,
-                   cal: torch.Tensor, state: dict[str, Any], class_names: Sequence[str]) -> pd.DataFrame:
+                   cal: torch.Tensor, ensemble: FoldEnsemble, class_names: Sequence[str]) -> pd.DataFrame:
     """The ensemble's ``predictions.csv`` rows: its calibrated probabilities, the folds' mean softmax as
     ``p_uncalibrated_<class>``."""
-    return split_predictions(table, rows, targets, class_names, cal, state.get("threshold"), uncalibrated=raw)
+    return split_predictions(table, rows, targets, class_names, cal, ensemble.threshold, uncalibrated=raw)
 
 
 def cv_report(path: Path, runs: Sequence[Path], mean: dict[str, float], std: dict[str, float],

@@ -3,7 +3,7 @@
 Used by ``medimg.train`` (after the phases) and ``medimg.evaluate`` (any checkpoint):
 
 1. ``fit_on_validation``: calibration of the validation probabilities (``calibration`` config group) and, for
-   binary tasks, the operating threshold; the result is the plain dict stored in ``best.ckpt``.
+   binary tasks, the operating threshold: a ``Calibration``, stored in ``best.ckpt`` as its plain dict.
 2. ``evaluate_split``: predictions for every image of the split (DDP-safe, optional TTA), uncalibrated and
    calibrated metrics, the predictions table.
    With ``options`` (the ``evaluation`` config block, ``medimg.evaluation.analyses``) it also adds bootstrap
@@ -26,20 +26,17 @@ import pandas as pd
 import torch
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
-from medimg.config.schema import as_dict
 from medimg.config.training import CalibrationSettings
 from medimg.errors import ConfigError
 from medimg.evaluation import plots
 from medimg.evaluation.analyses import EvaluationOptions, analyse
-from medimg.evaluation.calibration import calibrated_probs, describe, is_calibrated
-from medimg.evaluation.calibration_select import fit_calibration
+from medimg.evaluation.calibration import Calibration, fit_settings
 from medimg.evaluation.error_gallery import Gallery, gallery_figures
 from medimg.evaluation.learning_curves import learning_curves_from
-from medimg.evaluation.metrics import classification_metrics, confusion_matrix, predict_labels
+from medimg.evaluation.metrics import classification_metrics, confusion_matrix
 from medimg.evaluation.predictions import SplitOutputs, collect_outputs, predictions_table, write_predictions
 from medimg.evaluation.report import subgroup_lines, write_report
 from medimg.evaluation.subgroups import SubgroupAudit
-from medimg.evaluation.threshold import choose_threshold
 from medimg.files import write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -56,47 +53,24 @@ def split_loader(dm, split: str):
     raise ConfigError(f"split={split!r} cannot be evaluated; choose val or test")
 
 
-def fit_calibration_state(outputs: SplitOutputs, num_classes: int, cal: CalibrationSettings) -> dict[str, Any]:
-    """The calibration dict for ``outputs`` (validation logits): the method's parameters, plus the operating
-    threshold for binary tasks."""
-    cfg = as_dict(cal)
-    if cfg["method"] == "platt" and num_classes != 2:
-        # reached after training: keep the run and calibrate anyway, rather than fail at the last step
-        log.warning("calibration=platt is for binary tasks and this one has %d classes; using temperature scaling "
-                    "instead (choose calibration=auto, bcts, temperature or isotonic)", num_classes)
-        cfg["method"] = "temperature"
-    logits = outputs.logits[0]
-    state = fit_calibration(cfg["method"], logits, outputs.targets, int(cfg["max_iter"]), cfg["selection"])
-    if num_classes == 2:
-        p1 = calibrated_probs(logits.double(), state)[:, 1]
-        rule = cfg["threshold"]
-        state["threshold"] = choose_threshold(p1, outputs.targets, rule, cfg.get("target_sensitivity"))
-        state["threshold_rule"] = (f"sensitivity >= {cfg['target_sensitivity']}" if rule == "target_sensitivity"
-                                   else str(rule))
-    state["fitted_on"] = f"validation split ({len(outputs.targets)} images)"
-    return state
-
-
-def fit_on_validation(trainer: L.Trainer, model, dm, cal: CalibrationSettings) -> dict[str, Any]:
+def fit_on_validation(trainer: L.Trainer, model, dm, cal: CalibrationSettings) -> Calibration:
     """Calibrate ``model`` on the validation split (all ranks take part; all get the same result)."""
     outputs = collect_outputs(trainer, model, dm.val_dataloader(), expected_rows=len(dm.split_table("val")))
-    state = fit_calibration_state(outputs, model.num_classes, cal)
-    log.info("calibration: %s", describe(state))
-    return state
+    calibration = fit_settings(cal, outputs.logits[0], outputs.targets)
+    log.info("calibration: %s", calibration.describe())
+    return calibration
 
 
 def split_metrics(raw: torch.Tensor, final: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str],
-                  calibration: dict[str, Any] | None, prefix: str = "test/") -> dict[str, float]:
+                  calibration: Calibration, prefix: str = "test/") -> dict[str, float]:
     """``<prefix><metric>`` for the uncalibrated probabilities (argmax decisions), ``<prefix><metric>_calibrated``
     for the calibrated ones (binary: at the operating threshold), and the operating point once, unsuffixed."""
-    state = calibration or {}
     out = {f"{prefix}{k}": v for k, v in classification_metrics(raw, targets, class_names).items()}
-    fin = classification_metrics(final, targets, class_names, threshold=state.get("threshold"))
-    calibrated = is_calibrated(state)
+    fin = classification_metrics(final, targets, class_names, threshold=calibration.threshold)
     for k, v in fin.items():
         if k in OPERATING_KEYS:
             out[f"{prefix}{k}"] = v
-        elif calibrated:
+        elif calibration.is_calibrated:
             out[f"{prefix}{k}_calibrated"] = v
     return out
 
@@ -112,7 +86,7 @@ class Evaluation:
     targets: torch.Tensor
     raw_probs: torch.Tensor
     final_probs: torch.Tensor
-    calibration: dict[str, Any] | None
+    calibration: Calibration
     metrics: dict[str, float]
     predictions: pd.DataFrame
     views: list[str] = field(default_factory=lambda: ["identity"])
@@ -124,10 +98,10 @@ class Evaluation:
 
     @property
     def final_preds(self) -> torch.Tensor:
-        return predict_labels(self.final_probs, (self.calibration or {}).get("threshold"))
+        return self.calibration.decide(self.final_probs)
 
 
-def evaluate_split(trainer: L.Trainer, model, dm, split: str, calibration: dict[str, Any] | None,
+def evaluate_split(trainer: L.Trainer, model, dm, split: str, calibration: Calibration,
                    views: Sequence[str] = ("identity",), options: EvaluationOptions | None = None) -> Evaluation:
     """Predict ``split`` with ``model`` under ``calibration``, on every rank; score it. With ``options``:
     bootstrap intervals and the subgroup audit (every rank), the error gallery (rank 0)."""
@@ -143,7 +117,7 @@ def evaluate_split(trainer: L.Trainer, model, dm, split: str, calibration: dict[
 
 
 def evaluation_from_outputs(outputs: SplitOutputs, table: pd.DataFrame, class_names: Sequence[str],
-                            calibration: dict[str, Any] | None, split: str = "test",
+                            calibration: Calibration, split: str = "test",
                             views: Sequence[str] = ("identity",)) -> Evaluation:
     raw, final = outputs.probs(None), outputs.probs(calibration)
     metrics = split_metrics(raw, final, outputs.targets, class_names, calibration, prefix=f"{split}/")
@@ -156,10 +130,10 @@ def evaluation_from_outputs(outputs: SplitOutputs, table: pd.DataFrame, class_na
 def evaluation_figures(ev: Evaluation) -> dict[str, Any]:
     """The standard figures of an evaluation, by file name (without .png)."""
     names, m, p = ev.class_names, ev.metrics, f"{ev.split}/"
-    calibrated = is_calibrated(ev.calibration)
+    calibrated = ev.calibration.is_calibrated
     which = "calibrated" if calibrated else "uncalibrated"
     cm = confusion_matrix(ev.final_preds, ev.targets, len(names))
-    threshold = (ev.calibration or {}).get("threshold")
+    threshold = ev.calibration.threshold
     figs = {
         "confusion_matrix": plots.confusion_matrix_figure(cm, names, False, f"Confusion matrix ({ev.split}, {which})"),
         "confusion_matrix_normalized": plots.confusion_matrix_figure(
@@ -172,7 +146,7 @@ def evaluation_figures(ev: Evaluation) -> dict[str, Any]:
     panels = [("uncalibrated", ev.raw_probs)]
     eces, pos = [m.get(p + "ece")], [m.get(p + "ece_positive")]
     if calibrated:
-        panels.append((f"calibrated ({ev.calibration['method']})", ev.final_probs))
+        panels.append((f"calibrated ({ev.calibration.method})", ev.final_probs))
         eces.append(m.get(p + "ece_calibrated"))
         pos.append(m.get(p + "ece_positive_calibrated"))
     figs["reliability"] = plots.reliability_figure(panels, ev.targets, eces, pos, names)
@@ -206,7 +180,7 @@ def write_evaluation(ev: Evaluation, out_dir: Path, loggers: Sequence[Logger] = 
     finally:
         plots.close_figures(figures)
     facts = [*facts, ("split", f"{ev.split} ({len(ev.targets)} images)"),
-             ("calibration", describe(ev.calibration)),
+             ("calibration", ev.calibration.describe()),
              ("test-time augmentation", ", ".join(ev.views) if len(ev.views) > 1 else "off")]
     files["report"] = write_report(out_dir / "report.md", title, facts, ev.metrics, ev.class_names, paths,
                                    prefix=f"{ev.split}/", sections=subgroup_lines(ev.subgroups, ev.notes))

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from medimg.data.table import metadata_columns
-from medimg.evaluation.calibration import calibrated_probs, is_calibrated
+from medimg.evaluation.calibration import Calibration, Uncalibrated
 from medimg.evaluation.metrics import predict_labels
 from medimg.evaluation.tta import apply_view
 from medimg.files import write_csv
@@ -40,9 +40,10 @@ class SplitOutputs:
     targets: torch.Tensor
     rows: torch.Tensor
 
-    def probs(self, state: dict[str, Any] | None = None) -> torch.Tensor:
-        """Class probabilities under the calibration ``state`` (None = softmax), averaged over the views."""
-        return torch.stack([calibrated_probs(z, state) for z in self.logits.double()]).mean(0)
+    def probs(self, calibration: Calibration | None = None) -> torch.Tensor:
+        """Class probabilities under ``calibration`` (None = softmax), averaged over the views."""
+        cal = calibration or Uncalibrated()
+        return torch.stack([cal.probs(z) for z in self.logits.double()]).mean(0)
 
     def mean_logits(self) -> torch.Tensor:
         """Logits whose softmax is the view-averaged softmax (the logits themselves without TTA)."""
@@ -100,12 +101,11 @@ def collect_outputs(trainer: L.Trainer, model: L.LightningModule, loader, views:
 
 
 def predictions_table(outputs: SplitOutputs, split_table: pd.DataFrame, class_names: Sequence[str],
-                      calibration: dict[str, Any] | None) -> pd.DataFrame:
+                      calibration: Calibration) -> pd.DataFrame:
     """The ``predictions_frame`` of a split's ``outputs`` under ``calibration`` (evaluate, a run's test split)."""
     final = outputs.probs(calibration)
     return split_predictions(split_table, outputs.rows, outputs.targets, class_names, final,
-                             (calibration or {}).get("threshold"),
-                             outputs.probs(None) if is_calibrated(calibration) else None)
+                             calibration.threshold, outputs.probs(None) if calibration.is_calibrated else None)
 
 
 def split_predictions(split_table: pd.DataFrame, rows: torch.Tensor, targets: torch.Tensor,

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from medimg.data.workers import worker_context
+from medimg.evaluation.calibration import Calibration
 from medimg.evaluation.corruptions import check_corruptions, corrupt
 from medimg.evaluation.metrics import classification_metrics
 from medimg.evaluation.predictions import collect_outputs
@@ -69,20 +70,18 @@ class CorruptedImages(Dataset):
         return self.normalise(x), self.targets[i], i
 
 
-def corruption_metrics(trainer, model, dataset: Dataset, class_names: Sequence[str], calibration: dict | None,
+def corruption_metrics(trainer, model, dataset: Dataset, class_names: Sequence[str], calibration: Calibration,
                        batch_size: int, num_workers: int) -> dict[str, float]:
-    """Metrics of ``model`` on ``dataset`` through ``calibration`` (the checkpoint's state dict; None for raw
-    probabilities), all ranks taking part."""
+    """Metrics of ``model`` on ``dataset`` through ``calibration``, all ranks taking part."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         multiprocessing_context=worker_context(num_workers))
     outputs = collect_outputs(trainer, model, loader, expected_rows=len(dataset))
-    state = calibration or {}
-    probs = outputs.probs(state)
-    return classification_metrics(probs, outputs.targets, class_names, threshold=state.get("threshold"))
+    return classification_metrics(outputs.probs(calibration), outputs.targets, class_names,
+                                  threshold=calibration.threshold)
 
 
 def robustness_table(trainer, model, base, eval_tf: v2.Compose, class_names: Sequence[str],
-                     calibration: dict | None, corruptions: Sequence[str], severities: Sequence[int], seed: int, batch_size: int,
+                     calibration: Calibration, corruptions: Sequence[str], severities: Sequence[int], seed: int, batch_size: int,
                      num_workers: int) -> pd.DataFrame:
     """One row per (corruption, severity) plus the clean row (``corruption = none``, severity 0)."""
     check_corruptions(corruptions, severities)
@@ -119,7 +118,7 @@ def corruption_summary(table: pd.DataFrame, metric: str) -> dict[str, Any]:
     }
 
 
-def evaluate_robustness(trainer, model, dm, calibration: dict | None, out_dir: str | Path, corruptions: Sequence[str],
+def evaluate_robustness(trainer, model, dm, calibration: Calibration, out_dir: str | Path, corruptions: Sequence[str],
                         severities: Sequence[int], seed: int, metric: str, split: str, batch_size: int,
                         num_workers: int) -> dict[str, Any]:
     """Evaluate ``split`` of ``dm`` under every corruption and severity (all ranks take part); rank 0 writes

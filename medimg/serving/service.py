@@ -19,7 +19,6 @@ from medimg.config.serve import ServeSettings
 from medimg.data.readers import ImageLimits
 from medimg.engines import decide, open_engine
 from medimg.errors import ConfigError
-from medimg.evaluation.calibration import is_calibrated
 from medimg.inference import TrainedModel, resolve_device, run_dir_of
 from medimg.serving.schemas import (
     ClassProbability,
@@ -125,8 +124,8 @@ class ServedModel:
         pre = self.preprocess
         return Metadata(
             class_names=self.class_names, backbone=trained.backbone if trained else self._onnx_meta("medimg.backbone"),
-            engine=engine.name, calibrated=is_calibrated(calibration), calibration_note=engine.calibration_note,
-            calibration_method=(calibration or {}).get("method"), threshold=threshold, decision_rule=rule,
+            engine=engine.name, calibrated=calibration.is_calibrated, calibration_note=engine.calibration_note,
+            calibration_method=calibration.method if calibration.is_calibrated else None, threshold=threshold, decision_rule=rule,
             preprocessing=Preprocessing(img_size=pre.img_size, resize=pre.resize, mean=list(pre.mean),
                                         std=list(pre.std)),
             test_metrics=headline_metrics(source), explain_available=self.cam_model is not None,

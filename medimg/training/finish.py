@@ -13,13 +13,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from medimg.config.schema import as_dict, flatten
 from medimg.config.training import TrainSettings
 from medimg.console import print_metrics
+from medimg.evaluation.calibration import Calibration
 from medimg.evaluation.evaluator import Evaluation, write_evaluation
 from medimg.files import write_json
 from medimg.inference import save_calibrated
 from medimg.run_info import run_info
 
 
-def keep_best(run_dir: Path, best: str | None, calibration: dict[str, Any] | None) -> None:
+def keep_best(run_dir: Path, best: str | None, calibration: Calibration) -> None:
     """``checkpoints/best.ckpt``: the best phase's weights with the calibration fitted on validation."""
     if best:
         save_calibrated(best, run_dir / "checkpoints" / "best.ckpt", calibration)

@@ -1,4 +1,4 @@
-"""``calibration=auto``: choose the calibration method by cross-validated NLL on the validation split.
+"""``calibration=auto``, and fitting any method by name: choose the calibration method by cross-validated NLL on the validation split.
 
 Every candidate is fitted on k-1 folds of the validation split and scored on the held-out fold; its score is
 the NLL over all held-out images (each validation image is scored once, by a fit that did not see it). The
@@ -22,8 +22,8 @@ import torch
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from medimg.errors import ConfigError
-from medimg.evaluation.calibration import calibrated_probs, fit_method
-from medimg.names import CALIBRATION_FITS
+from medimg.evaluation.calibration.base import Calibration
+from medimg.names import CALIBRATION_FITS, CALIBRATION_METHODS
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +53,14 @@ def held_out_nll(method: str, logits: torch.Tensor, targets: torch.Tensor,
     total = 0.0
     for fit_idx, out_idx in folds:
         fi, oi = torch.as_tensor(fit_idx), torch.as_tensor(out_idx)
-        state = fit_method(method, logits[fi], targets[fi], max_iter)
-        p = calibrated_probs(logits[oi].double(), state).gather(1, targets[oi].long().view(-1, 1))
+        fitted = fit_method(method, logits[fi], targets[fi], max_iter)
+        p = fitted.probs(logits[oi].double()).gather(1, targets[oi].long().view(-1, 1))
         total += float(-p.clamp_min(eps).log().sum())
     return total / sum(len(o) for _, o in folds)
 
 
 def fit_auto(logits: torch.Tensor, targets: torch.Tensor, candidates: list[str], folds: int, seed: int,
-             max_iter: int) -> dict[str, Any]:
+             max_iter: int) -> Calibration:
     """The candidate with the lowest cross-validated NLL, refitted on all of ``logits``; the state records
     every candidate's score under ``selection``. Platt scaling is skipped for multiclass tasks."""
     unknown = sorted(set(candidates) - set(SELECTABLE))
@@ -76,18 +76,27 @@ def fit_auto(logits: torch.Tensor, targets: torch.Tensor, candidates: list[str],
     winner = min(finite or scores, key=lambda m: (finite or scores)[m])
     log.info("calibration=auto: %d-fold cross-validated NLL %s -> %s", len(split),
              ", ".join(f"{m} {s:.4f}" for m, s in scores.items()), winner)
-    state = fit_method(winner, z, y, max_iter)
-    state["selection"] = {"rule": "lowest cross-validated NLL on the validation split", "folds": len(split),
-                          "seed": int(seed), "cv_nll": scores}
-    return state
+    return fit_method(winner, z, y, max_iter).replace(selection={
+        "rule": "lowest cross-validated NLL on the validation split", "folds": len(split), "seed": int(seed),
+        "cv_nll": scores})
 
 
 AUTO_KEYS = ("candidates", "folds", "seed")
 
 
+def fit_method(method: str, logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> Calibration:
+    """Fit one method (a name of ``names.CALIBRATION_FITS``) on validation logits and targets."""
+    if len(targets) == 0:
+        raise ValueError("cannot fit a calibration on an empty validation split")
+    cls = Calibration.registry.get(method)
+    if cls is None:
+        raise ConfigError(f"unknown calibration.method={method!r}; choose one of {CALIBRATION_METHODS}")
+    return cls.fit(logits, targets, max_iter)
+
+
 def fit_calibration(method: str, logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100,
-                    selection: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fit ``method`` (see ``calibration.METHODS``) on validation logits and targets. ``auto`` needs
+                    selection: dict[str, Any] | None = None) -> Calibration:
+    """Fit ``method`` (a name of ``names.CALIBRATION_METHODS``) on validation logits and targets. ``auto`` needs
     ``selection``: the ``candidates``, ``folds`` and ``seed`` keys of ``conf/calibration/auto.yaml``."""
     if method != "auto":
         return fit_method(method, logits, targets, max_iter)
