@@ -30,7 +30,6 @@ from medimg.config.schema import read
 from medimg.console import print_metrics
 from medimg.data.datamodule import MedImageDataModule
 from medimg.data.sources import work_dir
-from medimg.data.transforms import Preprocess
 from medimg.errors import MissingDataError
 from medimg.evaluate_folds import evaluate_folds
 from medimg.evaluation.analyses import evaluation_options
@@ -39,25 +38,24 @@ from medimg.evaluation.evaluator import evaluate_split, fit_on_validation, write
 from medimg.evaluation.robustness import evaluate_robustness
 from medimg.evaluation.runs import dataset_of_run, evaluation_dir
 from medimg.evaluation.tta import resolve_views
-from medimg.inference import check_same_classes, load_checkpoint, load_trained, medimg_state, run_dir_of
+from medimg.inference import TrainedModel, check_same_classes, load_trained, run_dir_of
 from medimg.training.trainer import build_eval_trainer
 
 log = logging.getLogger("medimg.evaluate")
 
 
-def dataset_config(c: dict[str, Any], run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
+def dataset_config(c: dict[str, Any], run_dir: Path, cfg: DictConfig, trained: TrainedModel) -> dict[str, Any]:
     """``dataset=<name>`` picks a data set; without it the run's own is used (its ``.hydra/config.yaml``, else the
-    settings its checkpoint records), adjusted by any ``+dataset.<key>=<value>`` overrides."""
+    settings its checkpoint ``trained`` records), adjusted by any ``+dataset.<key>=<value>`` overrides."""
     given = c.get("dataset") or {}
     if "source" in given:  # a whole dataset group was chosen
         return given
     try:
         own = dataset_of_run(run_dir, cfg.paths)
     except MissingDataError:
-        ckpt = run_dir / "checkpoints" / "best.ckpt"
-        if not ckpt.is_file():
+        own = (trained.state.get("settings") or {}).get("dataset")
+        if own is None:
             raise
-        own = medimg_state(ckpt)["settings"]["dataset"]
     return {**own, **given}
 
 
@@ -66,13 +64,12 @@ def runtime_of(e: EvaluateSettings) -> Runtime:
     return resolve_runtime(t.accelerator, t.precision, t.deterministic, False, "auto", False)
 
 
-def build_datamodule(ds: DatasetSettings, e: EvaluateSettings, rt: Runtime, ckpt: str | Path) -> MedImageDataModule:
-    """The data prepared as the checkpoint ``ckpt`` says (its stored preprocessing: size, resampling, statistics),
-    its classes in the checkpoint's order."""
-    hparams = load_checkpoint(ckpt)["hyper_parameters"]
-    preprocess = Preprocess.from_dict(hparams["preprocess"])
-    dm = MedImageDataModule(ds, work_dir(ds, e.paths.cache_dir), rt.pin_memory, e.seed, preprocess,
-                            class_order=list(hparams["class_names"]))
+def build_datamodule(ds: DatasetSettings, e: EvaluateSettings, rt: Runtime,
+                     trained: TrainedModel) -> MedImageDataModule:
+    """The data prepared as the checkpoint ``trained`` says (its stored preprocessing: size, resampling,
+    statistics), its classes in the checkpoint's order."""
+    dm = MedImageDataModule(ds, work_dir(ds, e.paths.cache_dir), rt.pin_memory, e.seed, trained.preprocess,
+                            class_order=trained.class_names)
     dm.prepare_data()
     dm.setup("test")
     return dm
@@ -86,17 +83,18 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(e.seed, workers=True, verbose=False)
     rt = runtime_of(e)
     first_run = find_fold_runs(e.cv_dir)[0] if e.cv_dir else run_dir_of(e.ckpt_path)
-    ds = read(DatasetSettings, dataset_config({"dataset": given}, first_run, cfg), "dataset")
-    dm = build_datamodule(ds, e, rt, first_run / "checkpoints" / "best.ckpt" if e.cv_dir else e.ckpt_path)
+    trained = load_trained(first_run / "checkpoints" / "best.ckpt" if e.cv_dir else e.ckpt_path)  # read once
+    ds = read(DatasetSettings, dataset_config({"dataset": given}, first_run, cfg, trained), "dataset")
+    dm = build_datamodule(ds, e, rt, trained)
     if e.cv_dir:
         out_dir = Path(e.output_dir) if e.output_dir else Path(e.cv_dir)
         trainer = build_eval_trainer(e.trainer, rt, e.logger, True, out_dir, "cv_ensemble")
         return evaluate_folds(trainer, dm, Path(e.cv_dir), out_dir, e.split, resolve_views(e.tta, e.tta_views))
-    return evaluate_checkpoint(e, rt, dm)
+    return evaluate_checkpoint(e, rt, dm, trained)
 
 
-def evaluate_checkpoint(e: EvaluateSettings, rt: Runtime, dm: MedImageDataModule) -> dict[str, float]:
-    trained = load_trained(e.ckpt_path)
+def evaluate_checkpoint(e: EvaluateSettings, rt: Runtime, dm: MedImageDataModule,
+                        trained: TrainedModel) -> dict[str, float]:
     check_same_classes(trained.class_names, dm.class_names, e.ckpt_path, dm.ds.name)
     run_dir = run_dir_of(e.ckpt_path)
     out_dir = Path(e.output_dir) if e.output_dir else evaluation_dir(run_dir, dm.ds.name, e.split, run_id())

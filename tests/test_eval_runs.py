@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -32,13 +34,16 @@ def test_dataset_of_run_resolves_against_current_paths(tmp_path):
 def test_dataset_config_choices(tmp_path):
     run = _run_with_config(tmp_path)
     cfg = OmegaConf.create({"paths": {"data_dir": "/new/data"}})
-    assert dataset_config({"dataset": None}, run, cfg)["eval_batch_size"] == 128
-    adjusted = dataset_config({"dataset": {"eval_batch_size": 8}}, run, cfg)  # +dataset.eval_batch_size=8
+    bare = SimpleNamespace(state={})  # a checkpoint that records no settings
+    assert dataset_config({"dataset": None}, run, cfg, bare)["eval_batch_size"] == 128
+    adjusted = dataset_config({"dataset": {"eval_batch_size": 8}}, run, cfg, bare)  # +dataset.eval_batch_size=8
     assert adjusted["eval_batch_size"] == 8 and adjusted["root"] == "/new/data/synthetic/n8"
     other = {"name": "folder", "source": "folder", "root": "/x"}
-    assert dataset_config({"dataset": other}, run, cfg) == other  # dataset=folder ...
+    assert dataset_config({"dataset": other}, run, cfg, bare) == other  # dataset=folder ...
     with pytest.raises(FileNotFoundError, match="pass dataset=<name>"):
-        dataset_config({"dataset": None}, tmp_path, cfg)
+        dataset_config({"dataset": None}, tmp_path, cfg, bare)
+    recorded = SimpleNamespace(state={"settings": {"dataset": {"name": "csv", "root": "/r"}}})
+    assert dataset_config({"dataset": None}, tmp_path, cfg, recorded) == {"name": "csv", "root": "/r"}
 
 
 def test_class_check_lists_both():

@@ -18,7 +18,6 @@ from medimg.config.runtime import Runtime
 from medimg.config.training import PhaseSettings
 from medimg.errors import UserError
 from medimg.files import save_figure
-from medimg.inference import medimg_state
 from medimg.models.classifier import ImageClassifier
 
 log = logging.getLogger("medimg.train")
@@ -44,7 +43,3 @@ def find_lr(rt: Runtime, model: ImageClassifier, data: L.LightningDataModule, na
     log.info("phase %r: learning-rate finder suggests lr %g (curve: figures/lr_find_%s.png)", name, suggestion, name)
     return float(suggestion)
 
-
-def resume_state_lr(ckpt: Path) -> float:
-    """The rate a resumed phase started with (found before the kill)."""
-    return float(medimg_state(ckpt)["phase"]["lr"])

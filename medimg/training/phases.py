@@ -13,17 +13,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
 from medimg.config.runtime import Runtime
 from medimg.config.training import PhaseSettings, TrainSettings
 from medimg.data.datamodule import MedImageDataModule
 from medimg.data.sampling import derive_seed
+from medimg.inference import load_checkpoint
 from medimg.models.classifier import ImageClassifier
 from medimg.training.budget import phase_budget, world_size
 from medimg.training.convex_head import fit_convex_head
 from medimg.training.features import FeatureDataModule
-from medimg.training.lr_find import find_lr, resume_state_lr
+from medimg.training.lr_find import find_lr
 from medimg.training.phase_book import PhaseBook
 from medimg.training.resume import Resume
 from medimg.training.trainer import build_phase_trainer, is_rank_zero
@@ -32,8 +31,7 @@ log = logging.getLogger("medimg.train")
 
 
 def load_weights(model: ImageClassifier, ckpt_path: str | Path) -> None:
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["state_dict"])
+    model.load_state_dict(load_checkpoint(ckpt_path)["state_dict"])
 
 
 def phase_data(name: str, ph: PhaseSettings, model: ImageClassifier,
@@ -47,15 +45,16 @@ def phase_data(name: str, ph: PhaseSettings, model: ImageClassifier,
 
 
 def fit_phase(s: TrainSettings, rt: Runtime, model: ImageClassifier, dm: MedImageDataModule, run_dir: Path,
-              book: PhaseBook, name: str, ph: PhaseSettings, resume_from: Path | None) -> None:
+              book: PhaseBook, name: str, ph: PhaseSettings, resume: Resume | None) -> None:
     """One phase trained by a Lightning fit (images, or cached features with ``head_fit: epochs``), from the
-    model's current weights: the best so far, whose score its early stopping must beat."""
+    model's current weights: the best so far, whose score its early stopping must beat. ``resume``: continue
+    the phase from that mid-phase checkpoint (its rate is the one the phase started with)."""
     budget = phase_budget(ph, len(dm.datasets["train"]), s.dataset.batch_size, s.trainer,
                           world_size(s.trainer, rt.accelerator))
     data = phase_data(name, ph, model, dm)
     lr = ph.lr
     if lr == "find":
-        lr = resume_state_lr(resume_from) if resume_from else find_lr(rt, model, data, name, ph, run_dir)
+        lr = float(resume.state["phase"]["lr"]) if resume else find_lr(rt, model, data, name, ph, run_dir)
     model.set_phase(name, ph.train_blocks, lr, budget.epochs, budget.total_steps, ph.warmup_steps, ph.lr_decay)
     n_train = sum(p.numel() for p in model.trainable_parameters())
     log.info("phase %r: training %s + head (%d parameters) at lr %g; %s", name,
@@ -64,7 +63,7 @@ def fit_phase(s: TrainSettings, rt: Runtime, model: ImageClassifier, dm: MedImag
     trainer, best = build_phase_trainer(s, rt, book, name, budget.epochs, budget.patience_checks, run_dir,
                                         start_score=start[1] if start else None, val_every=budget.val_every)
     dm.train_seed = derive_seed(s.seed, "train", name)
-    trainer.fit(model, datamodule=data, ckpt_path=resume_from, weights_only=True)  # tensors and plain types only
+    trainer.fit(model, datamodule=data, ckpt_path=resume.path if resume else None, weights_only=True)  # tensors and plain types only
     if best.best_model_path:
         score = best.best_model_score
         book.finish(name, best.best_model_path, float(score) if score is not None else None)
@@ -85,8 +84,8 @@ def run_phases(s: TrainSettings, rt: Runtime, model: ImageClassifier, dm: MedIma
         if ph.feature_cache and ph.head_fit == "convex":
             fit_convex_head(s, rt, model, dm, book, name, run_dir)
         else:
-            resume_from = resume.path if resume is not None and resume.mid_phase and i == start else None
-            fit_phase(s, rt, model, dm, run_dir, book, name, ph, resume_from)
+            mid_phase = resume if resume is not None and resume.mid_phase and i == start else None
+            fit_phase(s, rt, model, dm, run_dir, book, name, ph, mid_phase)
         ended, so_far = book.done.get(name, {}), book.best(s.monitor_mode)
         if ended.get("best_score") is not None and so_far[0] != ended["best_path"]:  # the start was better
             log.info("phase %r did not beat %s %.4f of the weights it started from: those go on (%s)",
