@@ -18,8 +18,8 @@ from torchvision.transforms import v2
 
 from medimg.errors import ConfigError
 from medimg.evaluation.calibration import Uncalibrated
-from medimg.evaluation.corruptions import CORRUPTIONS, PARAMETERS, corrupt
-from medimg.evaluation.robustness import (
+from medimg.evaluation.robustness.corruptions import CORRUPTIONS, PARAMETERS, corrupt
+from medimg.evaluation.robustness.measure import (
     CorruptedImages,
     corruption_summary,
     evaluate_robustness,

@@ -1,7 +1,7 @@
 """Robustness under common corruptions: the split evaluated again under each corruption at each severity.
 
 Each image is prepared as for evaluation (resize, center crop to the network's input size), corrupted there
-as uint8 RGB (``medimg.evaluation.corruptions``; so the corruption acts at the resolution the network sees, as
+as uint8 RGB (``corruptions``; so the corruption acts at the resolution the network sees, as
 ImageNet-C corrupts its 224 px crops), then normalised. Probabilities go through the model's calibration and
 decisions through its operating threshold, as in the main evaluation.
 
@@ -30,10 +30,10 @@ from torchvision.transforms import v2
 
 from medimg.data.workers import worker_context
 from medimg.evaluation.calibration import Calibration
-from medimg.evaluation.corruptions import check_corruptions, corrupt
 from medimg.evaluation.metrics import classification_metrics
 from medimg.evaluation.predictions import collect_outputs
-from medimg.evaluation.robustness_report import write_robustness
+from medimg.evaluation.robustness.corruptions import check_corruptions, corrupt
+from medimg.evaluation.robustness.report import write_robustness
 
 log = logging.getLogger(__name__)
 
