@@ -1,10 +1,12 @@
 """Training input paths side by side: per-image augmentation in the loader workers against whole uint8 batches
-from the cache augmented after the transfer (``dataset.batch_augment``, data/batch_augment.py).
+from the cache augmented after the transfer (``dataset.batch_augment``, data/batch_augment.py), and the training
+split held on the device with its batches indexed there (``dataset.device_resident``, data/resident_batches.py).
 
 Part 1 (loader): HAM10000-like 600x450 JPEGs, cached once; the timed passes alternate between the paths and
 count augmented, normalised float batches ready for the network (for the batch path: read, transfer to
 ``--device``, ``augment_batch``). Part 2 (``--fit``): the same full fine-tune through the command line with
-each setting, alternating, ``callbacks.throughput=true``; ``images_per_s_fit`` of ``throughput.json``.
+each of the three input paths, alternating, ``callbacks.throughput=true``; ``images_per_s_fit`` (the fit) and
+``images_per_s`` (the training steps) of ``throughput.json``.
 
     python benchmarks/batch_augment.py --images 512 --img-size 224 --workers 2 --repeats 5 --fit 3
 """
@@ -110,22 +112,31 @@ def loader_rates(args, root: Path) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in rates.items()}
 
 
-def fit_rates(args, root: Path) -> dict[str, float]:
-    """Median ``images_per_s_fit`` of the same CLI run with each setting (the runs alternate)."""
-    rates: dict[bool, list[float]] = {True: [], False: []}
+FIT_SETTINGS = {  # name -> the dataset overrides of that input path
+    "per image (batch_augment=false)": ["dataset.batch_augment=false", "dataset.device_resident=false"],
+    "whole batches (batch_augment=true)": ["dataset.batch_augment=true", "dataset.device_resident=false"],
+    "split held on the device (device_resident=true)": ["dataset.device_resident=true"],
+}
+
+
+def fit_rates(args, root: Path) -> dict[str, dict[str, float]]:
+    """Median ``images_per_s_fit`` and training-step ``images_per_s`` of the same CLI run with each input path
+    (the runs alternate)."""
+    rates: dict[str, list[tuple[float, float]]] = {k: [] for k in FIT_SETTINGS}
     for r in range(args.fit):
-        for on in (True, False):
-            out = root / f"fit-{on}-{r}"
+        for i, (name, overrides) in enumerate(FIT_SETTINGS.items()):
+            out = root / f"fit-{i}-{r}"
             cmd = [sys.executable, "-m", "medimg.train", "experiment=synthetic", f"paths.data_dir={root / 'data'}",
                    f"paths.output_dir={out}", f"dataset.num_images={args.fit_images}",
                    f"dataset.img_size={args.fit_size}", f"trainer.max_epochs={args.fit_epochs}", "test=false",
                    "callbacks.throughput=true", "trainer.enable_progress_bar=false", "logger=csv",
-                   f"dataset.batch_augment={str(on).lower()}", "evaluation.gallery_per_class=0"]
+                   "evaluation.gallery_per_class=0", *overrides]
             subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            phases = json.loads((out / "throughput.json").read_text())
-            rates[on].append(statistics.mean(p["images_per_s_fit"] for p in phases.values()))
-    return {"whole batches (batch_augment=true)": statistics.median(rates[True]),
-            "per image (batch_augment=false)": statistics.median(rates[False])}
+            phases = json.loads((out / "throughput.json").read_text()).values()
+            rates[name].append((statistics.mean(p["images_per_s_fit"] for p in phases),
+                                statistics.mean(p["images_per_s"] for p in phases)))
+    return {k: {"fit": statistics.median(f for f, _ in v), "step": statistics.median(s for _, s in v)}
+            for k, v in rates.items()}
 
 
 def main() -> None:
@@ -151,9 +162,9 @@ def main() -> None:
     if args.fit:
         print(f"fit: synthetic, {args.fit_images} images at {args.fit_size} px, {args.fit_epochs} epochs, "
               f"median of {args.fit} runs each")
-        print("| path | images_per_s_fit |\n|---|---:|")
+        print("| path | images_per_s_fit | images_per_s (step) | fit / step |\n|---|---:|---:|---:|")
         for k, v in fit_rates(args, root).items():
-            print(f"| {k} | {v:.1f} |")
+            print(f"| {k} | {v['fit']:.1f} | {v['step']:.1f} | {v['fit'] / v['step']:.2f} |")
 
 
 if __name__ == "__main__":

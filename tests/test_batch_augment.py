@@ -164,6 +164,13 @@ def test_a_run_trains_on_whole_batches_and_repeats_itself(tiny_cfg, tmp_path, ca
     shutil.rmtree(tmp_path / "run")
     second = train(tiny_cfg("dataset.batch_augment=true", "stage=scratch", "calibration=none"))
     assert first["test/loss"] == second["test/loss"] and first["test/auroc"] == second["test/auroc"]
+    # the split held on the device, batches indexed there: the same batches, so the same run
+    shutil.rmtree(tmp_path / "run")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="medimg"):
+        resident = train(tiny_cfg("dataset.device_resident=true", "stage=scratch", "calibration=none"))
+    assert "training split held on cpu" in caplog.text
+    assert resident["test/loss"] == first["test/loss"] and resident["test/auroc"] == first["test/auroc"]
 
 
 def test_batch_augment_needs_the_cache(tiny_cfg):
@@ -174,4 +181,10 @@ def test_batch_augment_needs_the_cache(tiny_cfg):
 
     cfg = tiny_cfg("dataset.batch_augment=true", "dataset.cache=false")
     with pytest.raises(ConfigError, match="dataset.batch_augment.*dataset.cache=true"):
+        train_settings(OmegaConf.to_container(cfg, resolve=True))
+    cfg = tiny_cfg("dataset.device_resident=true", "dataset.batch_augment=false")
+    with pytest.raises(ConfigError, match="dataset.device_resident: true holds the decoded cache on the device"):
+        train_settings(OmegaConf.to_container(cfg, resolve=True))
+    cfg = tiny_cfg("dataset.device_resident_share=1.5")
+    with pytest.raises(ConfigError, match="dataset.device_resident_share: must be in"):
         train_settings(OmegaConf.to_container(cfg, resolve=True))

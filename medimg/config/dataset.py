@@ -59,6 +59,8 @@ class DatasetSettings:
     cache: bool
     cache_size: float
     batch_augment: Any    # auto | true | false: with the cache, augment whole uint8 batches on the model's device
+    device_resident: Any  # auto | true | false: the training split held on the model's device, batches indexed there
+    device_resident_share: float  # auto: the largest share of the GPU's free memory the split may take
     max_image_pixels: int | None
     max_aspect_ratio: float | None
     subgroup_columns: list[str]
@@ -80,6 +82,12 @@ class DatasetSettings:
         auto_or_bool(self.batch_augment, f"{where}.batch_augment")
         require(self.batch_augment is not True or self.cache, f"{where}.batch_augment",
                 "true reads whole batches from the decoded cache: set dataset.cache=true, or batch_augment=auto")
+        auto_or_bool(self.device_resident, f"{where}.device_resident")
+        require(self.device_resident is not True or (self.cache and self.batch_augment is not False),
+                f"{where}.device_resident", "true holds the decoded cache on the device and augments whole batches "
+                "there: set dataset.cache=true and batch_augment=auto or true, or device_resident=auto")
+        require(isinstance(self.device_resident_share, float | int) and 0 < self.device_resident_share <= 1,
+                f"{where}.device_resident_share", f"must be in (0, 1], got {self.device_resident_share!r}")
         require(self.sampling in ("shuffle", "balanced"), f"{where}.sampling",
                 f"must be shuffle or balanced, got {self.sampling!r}")
         if self.num_folds is not None:

@@ -71,10 +71,15 @@ class CachedBatches:
     def __getitems__(self, keys: list[tuple[int, int]]) -> RawBatch:
         rows = np.array([k[0] for k in keys], dtype=np.int64)
         cache_rows = self.cache_rows[rows]
-        params = []
-        for (_, seed), (h, w, _c) in zip(keys, self.cache.shapes[cache_rows]):
-            with seeded_rng(seed):
-                params.append(self.spec.draw(int(h), int(w)))
         images = torch.from_numpy(read_canvas(self.cache, cache_rows)).permute(0, 3, 1, 2)
         return RawBatch(images, self.targets[torch.from_numpy(rows)], torch.from_numpy(rows),
-                        torch.tensor(params, dtype=torch.float64))
+                        draw_params(self.spec, keys, self.cache.shapes[cache_rows]))
+
+
+def draw_params(spec: AugmentSpec, keys: list[tuple[int, int]], shapes: np.ndarray) -> torch.Tensor:
+    """N x 11 augmentation parameters: image k's drawn from its seed ``keys[k][1]`` for its ``shapes[k]`` (h, w, c)."""
+    params = []
+    for (_, seed), (h, w, _c) in zip(keys, shapes):
+        with seeded_rng(seed):
+            params.append(spec.draw(int(h), int(w)))
+    return torch.tensor(params, dtype=torch.float64)

@@ -24,6 +24,7 @@ from medimg.data.cache import ImageCache, build_cache
 from medimg.data.cached_batches import CachedBatches, RawBatch, passthrough
 from medimg.data.image_dataset import ImageDataset
 from medimg.data.readers import ImageLimits, read_image
+from medimg.data.resident_batches import ResidentBatches, ResidentSplit
 from medimg.data.sampling import EpochSampler, balanced_weights
 from medimg.data.scan import find_bad_images
 from medimg.data.sources import load_source
@@ -80,6 +81,7 @@ class MedImageDataModule(L.LightningDataModule):
                  batch_augment: bool = False):
         super().__init__()
         self.augment_whole_batches = batch_augment
+        self._resident: ResidentSplit | None = None  # the training split held on the device, once copied
         self.class_order = list(class_order) if class_order is not None else None
         self.ds = ds
         self.preprocess = preprocess or preprocess_of(ds)
@@ -206,8 +208,9 @@ class MedImageDataModule(L.LightningDataModule):
 
     @property
     def batch_augment(self) -> bool:
-        """Training batches augmented on the device (``dataset.batch_augment`` as resolved, from the cache only)."""
-        return bool(self.ds.cache and self.augment_whole_batches)
+        """Training batches augmented on the device (``dataset.batch_augment`` as resolved, or
+        ``dataset.device_resident=true``; from the cache only)."""
+        return bool(self.ds.cache and (self.augment_whole_batches or self.ds.device_resident is True))
 
     @functools.cached_property
     def augment_spec(self) -> AugmentSpec:
@@ -227,6 +230,33 @@ class MedImageDataModule(L.LightningDataModule):
                           pin_memory=self.pin_memory, persistent_workers=ds.num_workers > 0,
                           multiprocessing_context=worker_context(ds.num_workers))
 
+    def resident_split(self, device: torch.device) -> ResidentSplit | None:
+        """The training split held on ``device`` when ``dataset.device_resident`` says so (auto: a GPU whose free
+        memory times ``device_resident_share`` holds it); copied once, kept across epochs."""
+        ds, train = self.ds, self.datasets["train"]
+        if not self.batch_augment or ds.device_resident is False:
+            return None
+        if self._resident is not None and self._resident.device == device:
+            return self._resident
+        rows = [self.reader.row[p] for p in train.paths]
+        need = ResidentSplit.nbytes(self.reader, rows)
+        if ds.device_resident == "auto":
+            if device.type != "cuda":
+                return None
+            free = torch.cuda.mem_get_info(device)[0]
+            if need > free * ds.device_resident_share:
+                log.info("training split (%.0f MB) not held on %s: above dataset.device_resident_share=%g of its "
+                         "%.0f MB free", need / 1e6, device, ds.device_resident_share, free / 1e6)
+                return None
+        self._resident = ResidentSplit(self.reader, rows, train.targets, device)
+        log.info("training split held on %s: %d images, %.0f MB, batches indexed there (dataset.device_resident)",
+                 device, len(rows), need / 1e6)
+        return self._resident
+
+    def resident_loader(self, split: ResidentSplit, epoch: int) -> ResidentBatches:
+        sampler = self.train_sampler(self.datasets["train"], epoch)
+        return ResidentBatches(split, sampler, self.ds.batch_size, self.augment_spec)
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """A ``RawBatch`` (training with ``batch_augment``) is augmented and normalised here, on the device."""
         if isinstance(batch, RawBatch):
@@ -236,7 +266,9 @@ class MedImageDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         epoch = self.trainer.current_epoch if self.trainer else 0
         if self.batch_augment:
-            return self.batch_loader(epoch)
+            device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+            split = self.resident_split(device)
+            return self.resident_loader(split, epoch) if split is not None else self.batch_loader(epoch)
         return self.loader(self.datasets["train"], train=True, epoch=epoch)
 
     def val_dataloader(self) -> DataLoader:
