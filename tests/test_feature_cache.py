@@ -42,6 +42,36 @@ def test_extracted_features_are_the_backbone_output_in_eval_mode(tiny_dm):
         assert torch.allclose(model._logits(feats[:4]), model(x), atol=1e-4)
 
 
+def test_the_device_path_prepares_the_images_as_the_eval_transform_does(tiny_cfg, caplog):
+    """dataset.batch_augment: the feature pass reads cached uint8 batches and crops, resamples and normalises
+    them on the device; the inputs match the eval transform's (up to its antialiasing) and so do the features."""
+    import logging
+
+    from medimg.data.batch_augment import augment_batch
+    from medimg.training.features import split_features
+
+    dm = datamodule_of(tiny_cfg("dataset.eval_resize=1.25", "dataset.cache_size=1.3"), setup=False)
+    dm.augment_whole_batches = True  # dataset.batch_augment as a GPU run resolves it
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.batch_augment and abs(dm.eval_spec.crop_fraction - 0.8) < 1e-9
+    batch = next(iter(dm.once_batches("val")))
+    device_x = augment_batch(batch.images, batch.params, dm.eval_spec)
+    cpu_x = torch.stack([dm.datasets["val"][i][0] for i in range(len(device_x))])
+    assert device_x.shape == cpu_x.shape and torch.equal(batch.rows, torch.arange(len(device_x)))
+    per_image = (device_x - cpu_x).abs().mean(dim=(1, 2, 3))
+    assert per_image.max() < 0.02, per_image  # measured 0.006 (normalised units)
+    torch.manual_seed(0)
+    model = make_classifier(dm.class_names)
+    model.set_phase("head", [], 1e-3, 1)
+    with caplog.at_level(logging.INFO, logger="medimg"):
+        feats, _ = split_features(model, dm, "val")
+    reference = extract_features(model, dm.once_loader(dm.unaugmented_dataset("val")))
+    assert torch.equal(feats.rows, reference.rows) and torch.equal(feats.targets, reference.targets)
+    assert (feats.features - reference.features).abs().mean() < 0.02 * reference.features.abs().mean()  # 0.6%
+    assert "waiting for batches" in caplog.text and "forward" in caplog.text
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("head_fit", ["epochs", "convex"])
 def test_feature_cached_head_phase_trains_the_head_only_and_scores_like_images(head_fit, tiny_cfg, tmp_path):

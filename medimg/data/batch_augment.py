@@ -31,7 +31,9 @@ RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect ratio range, as the
 
 @dataclass(frozen=True)
 class AugmentSpec:
-    """The training augmentation's settings (the data set's keys) and the run's preprocessing."""
+    """The training augmentation's settings (the data set's keys) and the run's preprocessing. Without
+    ``augment`` the geometry is the evaluation transform's: the centred square of ``crop_fraction`` of the
+    shorter side (1 / the preprocessing's resize), resampled to ``img_size``."""
 
     img_size: int
     augment: bool
@@ -43,13 +45,17 @@ class AugmentSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     interpolation: str
+    crop_fraction: float = 1.0
 
     def draw(self, height: int, width: int) -> list[float]:
         """One image's parameters from torch's current random state (the caller seeds it per image), drawn in
         the order and with the distributions of the CPU transform."""
-        if not self.augment:  # the CPU path's eval transform at resize 1: the centred square, nothing else
-            side = min(height, width)
-            return [(height - side) // 2, (width - side) // 2, side, side, 0, 0, 0.0, 1.0, 1.0, 1.0, 0.0]
+        if not self.augment:  # the eval transform: the centred square of crop_fraction, nothing else
+            if self.crop_fraction == 1.0:
+                side = min(height, width)
+                return [(height - side) // 2, (width - side) // 2, side, side, 0, 0, 0.0, 1.0, 1.0, 1.0, 0.0]
+            side = min(height, width) * self.crop_fraction
+            return [(height - side) / 2, (width - side) / 2, side, side, 0, 0, 0.0, 1.0, 1.0, 1.0, 0.0]
         shape_only = torch.empty(1).expand(1, height, width)  # what get_params reads of an image: its size
         i, j, h, w = RandomResizedCrop.get_params(shape_only, list(self.crop_scale), list(RATIO))
         hf = float(torch.rand(1) < self.hflip) if self.hflip else 0.0

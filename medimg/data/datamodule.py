@@ -218,6 +218,24 @@ class MedImageDataModule(L.LightningDataModule):
         return AugmentSpec(pre.img_size, ds.augment, tuple(ds.crop_scale), ds.hflip, ds.vflip, ds.rotation,
                            ds.color_jitter, pre.mean, pre.std, pre.interpolation)
 
+    @functools.cached_property
+    def eval_spec(self) -> AugmentSpec:
+        """The evaluation transform's geometry and normalisation as a batch operation (no augmentation)."""
+        pre = self.preprocess
+        return AugmentSpec(pre.img_size, False, (1.0, 1.0), 0.0, 0.0, 0.0, 0.0, pre.mean, pre.std,
+                           pre.interpolation, crop_fraction=1.0 / pre.resize)
+
+    def once_batches(self, split: str) -> DataLoader:
+        """Every image of ``split`` once, in order, as cached ``RawBatch``es with the evaluation geometry, to be
+        cropped and normalised on the device (``augment_batch`` with ``eval_spec``): the feature cache's input
+        when training batches are augmented on the device."""
+        ds, data = self.ds, self.datasets[split]
+        assert isinstance(self.reader, ImageCache)
+        batches = CachedBatches(self.reader, [self.reader.row[p] for p in data.paths], data.targets, self.eval_spec)
+        sampler = BatchSampler([(i, 0) for i in range(len(data))], ds.eval_batch_size, drop_last=False)
+        return DataLoader(batches, batch_sampler=sampler, collate_fn=passthrough, num_workers=ds.num_workers,
+                          pin_memory=self.pin_memory, multiprocessing_context=worker_context(ds.num_workers))
+
     def batch_loader(self, epoch: int) -> DataLoader:
         """Training batches as they are cached (``RawBatch``): one read per batch, one parameter row per image,
         in the order and with the seeds of ``EpochSampler``; augmented after the transfer."""

@@ -6,6 +6,11 @@ the phase's precision, on the training device) and the head trains for all its e
 instead of pushing every image through the backbone every epoch. The extraction happens inside the fit,
 when Lightning asks for the loaders (so under DDP each rank extracts on its own device after the process
 group is up; every rank extracts all images, and the training sampler gives each rank its share).
+
+When training batches are augmented on the device (``dataset.batch_augment``), the pass reads the cached uint8
+images a batch at a time and crops, resamples and normalises them on the device as well (``augment_batch`` with
+the evaluation geometry), so the loader workers only copy bytes. The log splits the pass into its parts: waiting
+for batches, transfer + preparation on the device, and the forward pass.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from medimg.data.batch_augment import AugmentSpec, augment_batch
+from medimg.data.cached_batches import RawBatch
 from medimg.data.datamodule import MedImageDataModule
 from medimg.models.backbones import head_removed
 from medimg.models.classifier import ImageClassifier
@@ -39,19 +46,51 @@ class FeatureDataset(Dataset):
         return self.features[i], self.targets[i], self.rows[i]
 
 
+class PassTimes:
+    """Seconds of a feature pass spent waiting for batches, moving and preparing them, and in the forward pass."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.parts = device, {"waiting for batches": 0.0, "transfer + preparation": 0.0, "forward": 0.0}
+        self.t = time.perf_counter()
+
+    def lap(self, part: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.parts[part] += now - self.t
+        self.t = now
+
+    def describe(self) -> str:
+        return ", ".join(f"{k} {v:.1f} s" for k, v in self.parts.items())
+
+
+def device_batch(batch, device: torch.device, spec: AugmentSpec | None) -> torch.Tensor:
+    """The network's input on ``device``: an image batch moved there, or a cached ``RawBatch`` moved there and
+    cropped, resampled and normalised with ``spec``."""
+    if isinstance(batch, RawBatch):
+        return augment_batch(batch.images.to(device, non_blocking=True), batch.params, spec)
+    return batch[0].to(device, non_blocking=True)
+
+
 @torch.no_grad()
-def extract_features(model: ImageClassifier, loader: DataLoader, autocast=None) -> FeatureDataset:
-    """Pooled backbone features (float32 on the CPU) of every batch of ``loader``, with ``model`` in eval mode
-    (restored afterwards) on its device."""
+def extract_features(model: ImageClassifier, loader: DataLoader, autocast=None, spec: AugmentSpec | None = None,
+                     times: PassTimes | None = None) -> FeatureDataset:
+    """Pooled backbone features (float32 on the CPU) of every batch of ``loader`` (image batches, or cached
+    ``RawBatch``es prepared with ``spec``), with ``model`` in eval mode (restored afterwards) on its device."""
     was_training = model.training
     model.eval()
     feats, targets, rows = [], [], []
+    times = times or PassTimes(model.device)
     try:
         with head_removed(model.net, model.hparams.backbone), autocast if autocast is not None else nullcontext():
-            for x, y, i in loader:
-                feats.append(model(x.to(model.device, non_blocking=True)).float().cpu())
-                targets.append(torch.as_tensor(y))
-                rows.append(torch.as_tensor(i))
+            for batch in loader:
+                times.lap("waiting for batches")
+                x = device_batch(batch, model.device, spec)
+                times.lap("transfer + preparation")
+                feats.append(model(x).float().cpu())
+                times.lap("forward")
+                targets.append(torch.as_tensor(batch[1]))
+                rows.append(torch.as_tensor(batch[2]))
     finally:
         model.train(was_training)
     return FeatureDataset(torch.cat(feats), torch.cat(targets), torch.cat(rows))
@@ -62,10 +101,15 @@ def split_features(model: ImageClassifier, images: MedImageDataModule, split: st
     """The features of one split of ``images`` (unaugmented, each image once) and the seconds they took;
     the rate goes into the log."""
     t0 = time.perf_counter()
-    feats = extract_features(model, images.once_loader(images.unaugmented_dataset(split)), autocast)
+    times = PassTimes(model.device)
+    if images.batch_augment:  # cached uint8 batches, cropped and normalised on the device
+        feats = extract_features(model, images.once_batches(split), autocast, images.eval_spec, times)
+    else:
+        feats = extract_features(model, images.once_loader(images.unaugmented_dataset(split)), autocast, times=times)
     seconds = time.perf_counter() - t0
-    log.info("feature cache: %d %s images through the frozen backbone in %.1f s (%.0f images/s), "
-             "%d features each", len(feats), split, seconds, len(feats) / max(seconds, 1e-9), feats.features.shape[1])
+    log.info("feature cache: %d %s images through the frozen backbone in %.1f s (%.0f images/s; %s), "
+             "%d features each", len(feats), split, seconds, len(feats) / max(seconds, 1e-9), times.describe(),
+             feats.features.shape[1])
     return feats, seconds
 
 
