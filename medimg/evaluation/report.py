@@ -51,12 +51,23 @@ def fmt(v: float | None) -> str:
     return f"{v:.4f}"
 
 
-def with_interval(metrics: dict[str, float], key: str) -> str:
-    """``value [low, high]`` when ``metrics`` holds the bootstrap interval of ``key``, else the value."""
+DEBIASED = "_debiased"  # medimg.evaluation.bootstrap: <key>_debiased, a bias-corrected value (ECE) and its interval
+
+
+def _bracketed(metrics: dict[str, float], key: str) -> str:
     v, lo, hi = metrics.get(key), metrics.get(key + "_ci_low"), metrics.get(key + "_ci_high")
     if any(x is None or math.isnan(x) for x in (v, lo, hi)):
         return fmt(v)
     return f"{fmt(v)} [{fmt(lo)}, {fmt(hi)}]"
+
+
+def with_interval(metrics: dict[str, float], key: str) -> str:
+    """``value [low, high]`` when ``metrics`` holds the bootstrap interval of ``key``, else the value; then
+    ``(bias-corrected: value [low, high])`` when it holds ``key``'s bias-corrected value (ECE)."""
+    cell = _bracketed(metrics, key)
+    if key + DEBIASED in metrics:
+        cell += f" (bias-corrected: {_bracketed(metrics, key + DEBIASED)})"
+    return cell
 
 
 def metrics_table(metrics: dict[str, float], prefix: str = "test/") -> list[str]:
@@ -132,8 +143,13 @@ def write_report(path: Path, title: str, facts: Sequence[tuple[str, str]], metri
     lines += ["ECE/MCE: 15 equal-width bins of the top-label confidence (Guo et al. 2017); binary tasks also report "
               "them for P(positive class). All values come from `metrics.json`.", ""]
     if any(k.endswith("_ci_low") for k in metrics):
-        lines += ["Brackets: bootstrap percentile intervals (`metrics.json`: `<metric>_ci_low`, `_ci_high`); the "
-                  "binned ECE is biased upwards on small samples, so its interval can lie above its value.", ""]
+        lines += ["Brackets: class-stratified bootstrap intervals at `evaluation.interval_level`, BCa (bias-corrected "
+                  "and accelerated, the acceleration from a grouped jackknife; `metrics.json`: `<metric>_ci_low`, "
+                  "`_ci_high`). The binned ECE is biased upwards and the ECE of a resample more so: its percentile "
+                  "interval can lie wholly above it, and one that corrects for the bias wholly below it. ECE is "
+                  "therefore given bias-corrected (2 ECE - the median resampled ECE) with the basic bootstrap "
+                  "interval (`<key>_debiased`, `_debiased_ci_low`, `_debiased_ci_high`), as is any metric whose BCa "
+                  "interval misses its value. Every interval contains the value before it.", ""]
     cal = " (calibrated)" if any(k.endswith("_calibrated") for k in metrics) else ""
     lines += [f"## Per class{cal}", "", *per_class_table(metrics, class_names, prefix), ""]
     lines += list(sections)
