@@ -1,5 +1,6 @@
 """Error gallery: the selection picks the right images from constructed predictions; the pictures come from the
-dataset rows with their CAMs; the figures, report links and TensorBoard path through write_evaluation."""
+dataset rows with their CAMs; an empty map falls back to another method, or is labelled empty, and its panel says
+so; the figures, report links and TensorBoard path through write_evaluation."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 from torchvision.models import resnet18
 from torchvision.transforms import v2
 
@@ -75,8 +77,8 @@ def test_pictures_are_read_by_row_and_explained():
     preds = torch.tensor([0, 2, 1, 1])
     pics = gallery_pictures(_net(), ds, rows, [1, 3, 1], preds, MEAN, STD, "gradcam", "layer4")
     assert sorted(pics) == [1, 3] and ds.read == [3, 1]  # each position once, read by its row
-    rgb, cam = pics[1]
-    assert rgb.shape == (32, 32, 3) and cam.shape == (32, 32)
+    rgb, cam, method = pics[1]
+    assert rgb.shape == (32, 32, 3) and cam.shape == (32, 32) and method in ("gradcam", "gradcam++", "layercam", None)
     np.testing.assert_allclose(rgb, ds.images[3].permute(1, 2, 0).numpy() * 0.25 + 0.5, atol=1e-6)
     assert 0 <= cam.min() and cam.max() <= 1
     assert gallery_pictures(_net(), ds, rows, [], preds, MEAN, STD, "gradcam", "layer4") == {}
@@ -144,3 +146,60 @@ def test_options_are_read_strictly():
         _options({**OPTIONS, "interval_level": 95}, [])
     with pytest.raises(ConfigError, match="evaluation.gallery_method: 'gradcampp' is not one of"):
         _options({**OPTIONS, "gallery_method": "gradcampp"}, [])
+
+
+class _Pair(nn.Module):
+    """Two channels: the positive part of the image's first channel (the bright square), and that plus one."""
+
+    def forward(self, x):
+        a = torch.relu(x[:, :1])
+        return torch.cat([a, a + 1], 1)
+
+
+class _Weighed(nn.Module):
+    """``features`` then global average pooling and a head whose class 0 weighs the two channels ``w``: with
+    w = (0.1, -1) Grad-CAM's map is relu(0.1 A0 - (A0 + 1)) = 0 everywhere while Grad-CAM++ (positive gradients
+    only) draws A0; with w = (-0.1, -1) every gradient is negative and every method's map is empty."""
+
+    def __init__(self, w: tuple[float, float]):
+        super().__init__()
+        self.features = _Pair()
+        self.head = nn.Linear(2, 3)
+        with torch.no_grad():
+            self.head.weight.zero_()
+            self.head.bias.zero_()
+            self.head.weight[0] = torch.tensor(w)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean((2, 3)))
+
+
+def _gallery_titles(model) -> tuple[Gallery, list[str]]:
+    ds, rows, preds = _Images(4), torch.arange(4), torch.zeros(4, dtype=torch.long)
+    pictures = gallery_pictures(model, ds, rows, [0, 1], preds, MEAN, STD, "gradcam", "features")
+    probs = torch.tensor([[0.2, 0.7, 0.1]] * 2 + [[0.9, 0.05, 0.05]] * 2)
+    g = Gallery(selection={"mistakes": {0: [], 1: [0, 1], 2: []}, "unsure_correct": {0: [], 1: [], 2: []}},
+                probs=probs, targets=torch.tensor([1, 1, 0, 0]), preds=preds, pictures=pictures, method="gradcam")
+    fig = gallery_figures(g, NAMES)["error_gallery_mistakes"]
+    titles = [ax.get_title() for ax in fig.axes]
+    close_figures({"f": fig})
+    return g, titles
+
+
+def test_an_empty_gradcam_map_falls_back_to_gradcam_pp_and_says_so():
+    from medimg.explain.gradcam import compute_cams
+
+    model = _Weighed((0.1, -1.0))
+    images = torch.stack([_Images(4)[i][0] for i in (0, 1)])
+    assert compute_cams(model, images, [0, 0], "gradcam", "features").max() == 0  # the empty map, for real
+    g, titles = _gallery_titles(model)
+    for p in (0, 1):
+        assert g.pictures[p][1].max() - g.pictures[p][1].min() > 0.5  # a map that shows the square
+    assert titles.count("gradcam++ (predicted class)\ngradcam map empty") == 2, titles
+
+
+def test_a_map_empty_for_every_method_is_labelled_empty():
+    g, titles = _gallery_titles(_Weighed((-0.1, -1.0)))
+    assert all(g.pictures[p][1].max() == 0 for p in (0, 1))
+    assert titles.count("empty gradcam map\n(gradcam++, layercam: empty too)") == 2, titles
+    assert not any(t == "gradcam (predicted class)" for t in titles)
