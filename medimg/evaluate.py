@@ -115,7 +115,7 @@ def evaluate_checkpoint(e: EvaluateSettings, rt: Runtime, dm: MedImageDataModule
         print_metrics({k: v for k, v in result.metrics.items() if "/per_class/" not in k},
                       title=f"{e.split} metrics ({dm.ds.name}, {Path(e.ckpt_path).name})")
         print(f"results in: {out_dir}")
-    return result.metrics
+    return dict(result.metrics)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")

@@ -56,7 +56,7 @@ def evaluate_folds(trainer: L.Trainer, dm: MedImageDataModule, cv_dir: Path, out
                          [("folds", ", ".join(str(r) for r in runs)), ("data set", dm.ds.name)])
         write_json(out_dir / "cv_metrics.json", {"num_folds": len(runs), "fold_runs": [str(r) for r in runs],
                                                  "mean": mean, "std": std, "per_fold": values,
-                                                 "ensemble": ensemble.metrics})
+                                                 "ensemble": dict(ensemble.metrics)})
         figs = {n: ens_dir / "figures" / f"{n}.png" for n in ("roc_curves", "reliability", "confusion_matrix")}
         cv.cv_report(out_dir / "report.md", runs, mean, std, ensemble.metrics, ens_dir,
                      {n: p for n, p in figs.items() if p.is_file()}, prefix=f"{split}/")

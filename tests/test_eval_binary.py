@@ -100,7 +100,12 @@ def test_auto_and_bcts_through_the_pipeline_with_intervals_subgroups_and_curves(
              "subgroup_metrics": ["accuracy", "sensitivity"], "subgroup_min_images": 50,
              "gallery_per_class": 2, "gallery_method": "gradcam", "gallery_layer": None}
     options = evaluation_options(read(EvaluationSettings, block, "evaluation"), ["scanner"], None)
-    analyse(ev, options)
+    before = dict(ev.metrics)
+    analysed = analyse(ev, options)
+    assert dict(ev.metrics) == before and ev.subgroups is None  # the evaluation analysed is left as it was
+    with pytest.raises(TypeError):
+        analysed.metrics["test/accuracy"] = 1.0  # no writer changes another's metrics
+    ev = analysed
     m = ev.metrics
     for key in ("test/auroc", "test/auroc_calibrated", "test/sensitivity", "test/specificity"):
         assert m[f"{key}_ci_low"] <= m[key] <= m[f"{key}_ci_high"], key

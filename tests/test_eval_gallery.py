@@ -111,7 +111,7 @@ def test_gallery_through_the_evaluation_files(tmp_path):
     ev = _evaluation()
     options = _options(OPTIONS, ["site"])
     eval_tf = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
-    analyse(ev, options, _net(), _Images(24), eval_tf)
+    ev = analyse(ev, options, _net(), _Images(24), eval_tf)
     assert isinstance(ev.gallery, Gallery) and ev.gallery.method == "gradcam"
     chosen = {p for kind in ev.gallery.selection.values() for ps in kind.values() for p in ps}
     assert chosen == set(ev.gallery.pictures) and 0 < len(chosen) <= 2 * 2 * 3
@@ -129,11 +129,11 @@ def test_gallery_through_the_evaluation_files(tmp_path):
 
 def test_no_gallery_without_a_model_or_when_turned_off():
     ev = _evaluation()
-    analyse(ev, _options(OPTIONS, []))  # a fold ensemble: no model to explain
+    ev = analyse(ev, _options(OPTIONS, []))  # a fold ensemble: no model to explain
     assert ev.gallery is None and ev.subgroups is None
     off = _options({**OPTIONS, "gallery_per_class": 0}, [])
     ev2 = _evaluation()
-    analyse(ev2, off, _net(), _Images(24), v2.Compose([v2.Normalize(MEAN, STD)]))
+    ev2 = analyse(ev2, off, _net(), _Images(24), v2.Compose([v2.Normalize(MEAN, STD)]))
     assert ev2.gallery is None
 
 

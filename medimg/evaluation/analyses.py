@@ -1,7 +1,7 @@
 """What an evaluation adds beyond the metrics: bootstrap intervals, the subgroup audit, the error gallery.
 
 The ``evaluation`` settings (conf/evaluation/, read with the command's config) and the data set's subgroup
-columns make an ``EvaluationOptions``; ``analyse`` adds to an ``Evaluation``:
+columns make an ``EvaluationOptions``; ``analyse`` returns an ``Evaluation`` with:
 
 * ``<split>/<metric>_ci_low`` / ``_ci_high`` in its metrics (``medimg.evaluation.bootstrap``);
 * ``subgroups``: the audit of ``dataset.subgroup_columns`` (``medimg.evaluation.subgroups``), on the final
@@ -26,7 +26,7 @@ from medimg.config.training import EvaluationSettings
 from medimg.errors import UserError
 from medimg.evaluation.bootstrap import interval_metrics
 from medimg.evaluation.error_gallery import Gallery, gallery_pictures, select_gallery
-from medimg.evaluation.subgroups import subgroup_audit
+from medimg.evaluation.subgroups import SubgroupAudit, subgroup_audit
 
 if TYPE_CHECKING:
     from medimg.evaluation.evaluator import Evaluation
@@ -54,25 +54,25 @@ def evaluation_options(settings: EvaluationSettings, subgroup_columns: Sequence[
     return EvaluationOptions(settings, tuple(subgroup_columns or ()), dict(subgroup_bins or {}))
 
 
-def add_intervals(ev: Evaluation, options: EvaluationOptions) -> None:
-    ev.metrics.update(interval_metrics(ev.raw_probs, ev.final_probs, ev.targets, ev.calibration, options.bootstrap,
-                                       prefix=f"{ev.split}/"))
+def interval_entries(ev: Evaluation, options: EvaluationOptions) -> dict[str, float]:
+    return interval_metrics(ev.raw_probs, ev.final_probs, ev.targets, ev.calibration, options.bootstrap,
+                            prefix=f"{ev.split}/")
 
 
-def add_subgroups(ev: Evaluation, options: EvaluationOptions) -> None:
+def subgroup_result(ev: Evaluation, options: EvaluationOptions) -> tuple[SubgroupAudit | None, list[str]]:
+    """The subgroup audit of ``ev`` (None without subgroup columns), or None and the note that says why not."""
     if not options.subgroup_columns:
-        return
+        return None, []
     if ev.table is None:
-        ev.notes.append("Subgroup audit not done: this evaluation carries no data table.")
-        return
+        return None, ["Subgroup audit not done: this evaluation carries no data table."]
     try:
-        ev.subgroups = subgroup_audit(
+        return subgroup_audit(
             ev.final_probs, ev.targets, ev.table, ev.class_names, options.subgroup_columns, options.subgroup_bins,
             options.settings.subgroup_metrics, options.bootstrap, options.settings.subgroup_min_images,
-            threshold=ev.calibration.threshold, split=ev.split)
+            threshold=ev.calibration.threshold, split=ev.split), []
     except UserError as e:
         log.error("subgroup audit not done: %s", e)
-        ev.notes.append(f"Subgroup audit not done: {e}")
+        return None, [f"Subgroup audit not done: {e}"]
 
 
 def normalisation_of(eval_tf) -> tuple[list[float], list[float]]:
@@ -83,24 +83,25 @@ def normalisation_of(eval_tf) -> tuple[list[float], list[float]]:
     raise ValueError("the evaluation transform has no Normalize step")
 
 
-def add_gallery(ev: Evaluation, model, dataset, eval_tf, options: EvaluationOptions) -> None:
-    """The error gallery of ``ev`` (images read from ``dataset`` by the evaluation's row indices)."""
+def gallery_of(ev: Evaluation, model, dataset, eval_tf, options: EvaluationOptions) -> Gallery | None:
+    """The error gallery of ``ev`` (images read from ``dataset`` by the evaluation's row indices), or None."""
     if options.settings.gallery_per_class <= 0 or ev.rows is None:
-        return
+        return None
     preds = ev.final_preds
     selection = select_gallery(ev.final_probs, ev.targets, preds, options.settings.gallery_per_class)
     positions = [p for kind in selection.values() for chosen in kind.values() for p in chosen]
     mean, std = normalisation_of(eval_tf)
     pictures = gallery_pictures(model, dataset, ev.rows, positions, preds, mean, std, options.settings.gallery_method,
                                 options.settings.gallery_layer)
-    ev.gallery = Gallery(selection=selection, probs=ev.final_probs, targets=ev.targets, preds=preds,
-                         pictures=pictures, method=options.settings.gallery_method)
+    return Gallery(selection=selection, probs=ev.final_probs, targets=ev.targets, preds=preds,
+                   pictures=pictures, method=options.settings.gallery_method)
 
 
 def analyse(ev: Evaluation, options: EvaluationOptions, model=None, dataset=None, eval_tf=None) -> Evaluation:
-    """Intervals and subgroups always; the gallery when ``model``, ``dataset`` and ``eval_tf`` are given."""
-    add_intervals(ev, options)
-    add_subgroups(ev, options)
+    """``ev`` with its intervals and subgroups, and the gallery when ``model``, ``dataset`` and ``eval_tf`` are
+    given: a new (frozen) evaluation; ``ev`` is left as it was."""
+    subgroups, notes = subgroup_result(ev, options)
+    gallery = None
     if model is not None and dataset is not None and eval_tf is not None:
-        add_gallery(ev, model, dataset, eval_tf, options)
-    return ev
+        gallery = gallery_of(ev, model, dataset, eval_tf, options)
+    return ev.with_analyses(interval_entries(ev, options), subgroups, gallery, notes)

@@ -15,10 +15,12 @@ Used by ``medimg.train`` (after the phases) and ``medimg.evaluate`` (any checkpo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import lightning as L
@@ -75,11 +77,13 @@ def split_metrics(raw: torch.Tensor, final: torch.Tensor, targets: torch.Tensor,
     return out
 
 
-@dataclass
+@dataclass(frozen=True)
 class Evaluation:
-    """Everything one evaluation produced; ``metrics`` is what ``metrics.json`` holds. ``rows`` (split-table
-    row of each prediction) and ``table`` (those rows of the split table, metadata included) are set by
-    ``evaluation_from_outputs``; ``subgroups``, ``gallery`` and ``notes`` by ``analyses.analyse``."""
+    """Everything one evaluation produced, computed once and read by every writer: the raw and final
+    (calibrated, thresholded) probabilities, the metrics (what ``metrics.json`` holds; read-only), the
+    predictions table. ``rows`` (split-table row of each prediction) and ``table`` (those rows of the split
+    table, metadata included) are set by ``evaluation_from_outputs``; ``subgroups``, ``gallery`` and ``notes``
+    by ``analyses.analyse``, which returns a new evaluation (``with_analyses``)."""
 
     split: str
     class_names: list[str]
@@ -87,18 +91,27 @@ class Evaluation:
     raw_probs: torch.Tensor
     final_probs: torch.Tensor
     calibration: Calibration
-    metrics: dict[str, float]
+    metrics: Mapping[str, float]
     predictions: pd.DataFrame
-    views: list[str] = field(default_factory=lambda: ["identity"])
+    views: Sequence[str] = ("identity",)
     rows: torch.Tensor | None = None
     table: pd.DataFrame | None = None
     subgroups: SubgroupAudit | None = None
     gallery: Gallery | None = None
-    notes: list[str] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "metrics", MappingProxyType(dict(self.metrics)))
 
     @property
     def final_preds(self) -> torch.Tensor:
         return self.calibration.decide(self.final_probs)
+
+    def with_analyses(self, metrics: Mapping[str, float], subgroups: SubgroupAudit | None, gallery: Gallery | None,
+                      notes: Sequence[str]) -> Evaluation:
+        """This evaluation with more ``metrics`` (bootstrap intervals), its subgroup audit, gallery and notes."""
+        return dataclasses.replace(self, metrics={**self.metrics, **metrics}, subgroups=subgroups, gallery=gallery,
+                                   notes=(*self.notes, *notes))
 
 
 def evaluate_split(trainer: L.Trainer, model, dm, split: str, calibration: Calibration,
@@ -107,20 +120,23 @@ def evaluate_split(trainer: L.Trainer, model, dm, split: str, calibration: Calib
     bootstrap intervals and the subgroup audit (every rank), the error gallery (rank 0)."""
     table = dm.split_table(split)
     outputs = collect_outputs(trainer, model, split_loader(dm, split), views, expected_rows=len(table))
-    ev = evaluation_from_outputs(outputs, table, model.class_names, calibration, split, views)
     with torch.no_grad():
-        ev.metrics[f"{split}/loss"] = float(model.loss(outputs.mean_logits().float(), outputs.targets))
+        loss = float(model.loss(outputs.mean_logits().float(), outputs.targets))
+    ev = evaluation_from_outputs(outputs, table, model.class_names, calibration, split, views, {f"{split}/loss": loss})
     if options is not None:
         gallery_model = model if trainer.is_global_zero else None
-        analyse(ev, options, gallery_model, dm.datasets[split], dm.eval_tf)
+        ev = analyse(ev, options, gallery_model, dm.datasets[split], dm.eval_tf)
     return ev
 
 
 def evaluation_from_outputs(outputs: SplitOutputs, table: pd.DataFrame, class_names: Sequence[str],
                             calibration: Calibration, split: str = "test",
-                            views: Sequence[str] = ("identity",)) -> Evaluation:
+                            views: Sequence[str] = ("identity",), extra: Mapping[str, float] | None = None) -> Evaluation:
+    """The evaluation of ``outputs`` under ``calibration``: probabilities, metrics (with ``extra`` ones such as
+    the loss) and predictions, computed once."""
     raw, final = outputs.probs(None), outputs.probs(calibration)
-    metrics = split_metrics(raw, final, outputs.targets, class_names, calibration, prefix=f"{split}/")
+    metrics = {**split_metrics(raw, final, outputs.targets, class_names, calibration, prefix=f"{split}/"),
+               **(extra or {})}
     return Evaluation(split=split, class_names=list(class_names), targets=outputs.targets, raw_probs=raw,
                       final_probs=final, calibration=calibration, metrics=metrics,
                       predictions=predictions_table(outputs, table, class_names, calibration), views=list(views),
@@ -166,7 +182,7 @@ def write_evaluation(ev: Evaluation, out_dir: Path, loggers: Sequence[Logger] = 
     """Rank 0: metrics.json, predictions.csv, subgroups.csv, figures/, report.md in ``out_dir``; metrics and
     figures to loggers. A ``history.json`` in ``out_dir`` (a training run) adds the learning curves."""
     out_dir = Path(out_dir)
-    files = {"metrics": write_json(out_dir / "metrics.json", ev.metrics),
+    files = {"metrics": write_json(out_dir / "metrics.json", dict(ev.metrics)),
              "predictions": write_predictions(out_dir / "predictions.csv", ev.predictions)}
     if ev.subgroups is not None:
         files["subgroups_table"] = write_csv(out_dir / "subgroups.csv", ev.subgroups.table)
@@ -190,7 +206,7 @@ def write_evaluation(ev: Evaluation, out_dir: Path, loggers: Sequence[Logger] = 
 def log_to_loggers(loggers: Sequence[Logger], metrics: dict[str, float], figures: dict[str, Any],
                    split: str) -> None:
     for lg in loggers:
-        lg.log_metrics(metrics, step=0)
+        lg.log_metrics(dict(metrics), step=0)
         if isinstance(lg, TensorBoardLogger):
             for name, fig in figures.items():
                 lg.experiment.add_figure(f"{split}/{name}", fig, global_step=0, close=False)
