@@ -98,9 +98,14 @@ def test_tensorboard_gets_metrics_and_figures(trained):
 
     events = list((trained["run"] / "tensorboard" / "test").glob("events.out.tfevents.*"))
     assert events
-    acc = EventAccumulator(str(events[0].parent), size_guidance={"images": 0, "scalars": 0}).Reload()
+    acc = EventAccumulator(str(events[0].parent), size_guidance={"images": 0, "scalars": 0, "tensors": 0}).Reload()
     assert {f"test/{n}" for n in FIGURES} <= set(acc.Tags()["images"])
-    assert "test/ece_calibrated" in acc.Tags()["scalars"]
+    scalars = set(acc.Tags()["scalars"])  # the headline metrics, shown in the hparams view; not 100 charts
+    assert "test/ece_calibrated" in scalars and "test/auroc" in scalars and len(scalars) <= 22, sorted(scalars)
+    assert not any("per_class" in t or t.endswith("_ci_low") for t in scalars)
+    text = acc.Tensors("test/metrics/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "| test/per_class/" in text and "_ci_low" not in text  # every metric in one table, intervals beside
+    assert "_hparams_/experiment" in acc.Tags()["tensors"] or (events[0].parent / "hparams.yaml").is_file()
 
 
 def test_evaluate_reproduces_the_run_metrics(trained, tmp_path):

@@ -178,9 +178,10 @@ def evaluation_figures(ev: Evaluation) -> dict[str, Any]:
 
 
 def write_evaluation(ev: Evaluation, out_dir: Path, loggers: Sequence[Logger] = (), title: str = "Evaluation",
-                     facts: Sequence[tuple[str, str]] = ()) -> dict[str, Path]:
+                     facts: Sequence[tuple[str, str]] = (), params: Mapping[str, Any] | None = None) -> dict[str, Path]:
     """Rank 0: metrics.json, predictions.csv, subgroups.csv, figures/, report.md in ``out_dir``; metrics and
-    figures to loggers. A ``history.json`` in ``out_dir`` (a training run) adds the learning curves."""
+    figures to loggers (``params``: the run's settings beside the metrics in TensorBoard's hparams view; the
+    report's facts by default). A ``history.json`` in ``out_dir`` (a training run) adds the learning curves."""
     out_dir = Path(out_dir)
     files = {"metrics": write_json(out_dir / "metrics.json", dict(ev.metrics)),
              "predictions": write_predictions(out_dir / "predictions.csv", ev.predictions)}
@@ -190,24 +191,47 @@ def write_evaluation(ev: Evaluation, out_dir: Path, loggers: Sequence[Logger] = 
     curves = learning_curves_from(out_dir / "history.json")
     if curves is not None:
         figures["learning_curves"] = curves
-    try:
-        paths = plots.save_figures(figures, out_dir / "figures")
-        log_to_loggers(loggers, ev.metrics, figures, ev.split)
-    finally:
-        plots.close_figures(figures)
     facts = [*facts, ("split", f"{ev.split} ({len(ev.targets)} images)"),
              ("calibration", ev.calibration.describe()),
              ("test-time augmentation", ", ".join(ev.views) if len(ev.views) > 1 else "off")]
+    try:
+        paths = plots.save_figures(figures, out_dir / "figures")
+        log_to_loggers(loggers, ev.metrics, figures, ev.split, params if params is not None else dict(facts))
+    finally:
+        plots.close_figures(figures)
     files["report"] = write_report(out_dir / "report.md", title, facts, ev.metrics, ev.class_names, paths,
                                    prefix=f"{ev.split}/", sections=subgroup_lines(ev.subgroups, ev.notes))
     return {**files, **paths}
 
 
-def log_to_loggers(loggers: Sequence[Logger], metrics: dict[str, float], figures: dict[str, Any],
-                   split: str) -> None:
+# the test metrics TensorBoard charts (each also _calibrated); every other metric is in its text table
+TENSORBOARD_HEADLINE = ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "pr_auc", "nll", "brier", "ece",
+                        "loss", "sensitivity", "specificity")
+
+
+def log_to_loggers(loggers: Sequence[Logger], metrics: Mapping[str, float], figures: dict[str, Any],
+                   split: str, params: Mapping[str, Any]) -> None:
+    """The metrics and figures to each logger. TensorBoard gets the headline metrics in its hparams view beside
+    ``params``, every metric in one text table, and the figures; other loggers every metric."""
     for lg in loggers:
-        lg.log_metrics(dict(metrics), step=0)
         if isinstance(lg, TensorBoardLogger):
+            names = {f"{split}/{k}{s}" for k in TENSORBOARD_HEADLINE for s in ("", "_calibrated")}
+            lg.log_hyperparams({"split": split, **params}, metrics={k: v for k, v in metrics.items() if k in names})
+            lg.experiment.add_text(f"{split}/metrics", metrics_text(metrics), global_step=0)
             for name, fig in figures.items():
                 lg.experiment.add_figure(f"{split}/{name}", fig, global_step=0, close=False)
+        else:
+            lg.log_metrics(dict(metrics), step=0)
         lg.save()
+
+
+def metrics_text(metrics: Mapping[str, float]) -> str:
+    """Every metric as one markdown table (value, interval), for TensorBoard's text view."""
+    rows = ["| metric | value | interval |", "|---|---:|---|"]
+    for k in sorted(metrics):
+        if k.endswith(("_ci_low", "_ci_high")):
+            continue
+        lo, hi = metrics.get(f"{k}_ci_low"), metrics.get(f"{k}_ci_high")
+        interval = f"[{lo:.4f}, {hi:.4f}]" if lo is not None and hi is not None else ""
+        rows.append(f"| {k} | {metrics[k]:.4f} | {interval} |")
+    return "\n".join(rows)

@@ -31,21 +31,21 @@ def finish_run(s: TrainSettings, run_dir: Path, best: str | None, result: Evalua
     """The test results (predictions.csv, figures/, report.md), metrics.json (the run's ``metrics``: the test
     metrics and the best validation score), run_info.json, hparams with the final metrics, the printed table."""
     headline = {k: v for k, v in metrics.items() if "/per_class/" not in k}
-    if result:
+    info = run_info()
+    hparams = hyperparameters(s, info)
+    if result:  # TensorBoard's hparams view shows the test metrics beside the settings
         title = f"Test evaluation: {s.dataset.name}, {s.backbone.name}, stage {s.stage.name}"
         ckpt = str(run_dir / "checkpoints" / "best.ckpt") if best else "none saved (the final weights were evaluated)"
         write_evaluation(replace(result, metrics=metrics), run_dir, trainer.loggers, title,
-                         [("run folder", str(run_dir)), ("checkpoint", ckpt)])
+                         [("run folder", str(run_dir)), ("checkpoint", ckpt)], params=hparams)
     else:  # test=false: the validation score a search ranks by
         write_json(run_dir / "metrics.json", metrics)
-    info = run_info()
     write_json(run_dir / "run_info.json", info)
-    hparams = hyperparameters(s, info)
-    for lg in trainer.loggers:  # TensorBoard's hparams tab shows the final metrics beside the config
-        if isinstance(lg, TensorBoardLogger):
-            lg.log_hyperparams(hparams, headline)
-        else:
+    for lg in trainer.loggers:
+        if not isinstance(lg, TensorBoardLogger):
             lg.log_hyperparams(hparams)
+        elif not result:
+            lg.log_hyperparams(hparams, metrics)
     print_metrics(headline, title=f"{'test' if result else 'validation'} metrics ({s.dataset.name}, {s.backbone.name})")
     print(f"run folder: {run_dir}")
 
