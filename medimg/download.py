@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medimg.cli import CONF_DIR, run_task
 from medimg.config.commands import DownloadSettings
+from medimg.config.overrides import guard_command_line
 from medimg.config.schema import read
 from medimg.data.archive import ArchiveLimits
 from medimg.data.kaggle import fetch
@@ -58,4 +59,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    guard_command_line("download")  # an unknown key: one line, before any work
     main()

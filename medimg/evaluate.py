@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from medimg.cli import CONF_DIR, run_id, run_task
 from medimg.config.commands import EvaluateSettings
 from medimg.config.dataset import DatasetSettings
+from medimg.config.overrides import guard_command_line
 from medimg.config.runtime import Runtime, resolve_runtime
 from medimg.config.schema import read
 from medimg.console import print_metrics
@@ -124,4 +125,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    guard_command_line("evaluate")  # an unknown key: one line, before any work
     main()

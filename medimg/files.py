@@ -3,8 +3,10 @@
 Every file medimg writes goes through ``atomic_write``: the content is written to a temporary name in the
 destination's own folder (so the final rename never crosses file systems), flushed and fsynced, then
 ``os.replace``-d over the destination in one step. A failure on the way removes the temporary file and leaves
-the destination as it was. ``file_lock`` serialises processes that write the same shared files (data caches,
-downloads).
+the destination as it was. The file gets the mode a plain ``open()`` gives under the user's umask (0644 under
+umask 022, so a colleague can read a run; 0600 under 077), not the temporary file's private 0600; a folder
+built under a temporary name (``temp_folder``) likewise gets 0777 & ~umask. ``file_lock`` serialises processes
+that write the same shared files (data caches, downloads).
 """
 
 from __future__ import annotations
@@ -64,6 +66,34 @@ def writable_folder(folder: str | Path, where: str) -> Path:
     return folder
 
 
+def umask() -> int:
+    """The process's file-mode creation mask: read from ``/proc`` where it can be (setting it to read it back
+    would change it for a moment under the other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_mode(folder: bool = False) -> int:
+    """The mode ``open()`` (``mkdir()`` for a folder) gives a new file under the current umask."""
+    return (0o777 if folder else 0o666) & ~umask()
+
+
+def temp_folder(prefix: str, parent: str | Path) -> Path:
+    """A new folder with a hidden temporary name in ``parent`` (to be renamed into place when complete), with a
+    plain folder's mode rather than ``mkdtemp``'s private 0700."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(folder, plain_mode(folder=True))
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path) -> Iterator[Path]:
     """Yields a temporary path next to ``path``; when the block ends without an error, the file written there
@@ -74,8 +104,11 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
         tmp = Path(tmp_name)
+        try:
+            os.fchmod(fd, plain_mode())  # mkstemp's 0600 would hide the file from everyone else
+        finally:
+            os.close(fd)
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)
@@ -134,6 +167,14 @@ def write_text(path: str | Path, text: str) -> Path:
     with atomic_write(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def append_text(path: str | Path, text: str) -> Path:
+    """``text`` added at the end of the file at ``path`` (created if missing), by rewriting it whole through
+    ``atomic_write``: for small files that grow a little at a time (a run's epoch log), never truncated."""
+    path = Path(path)
+    before = path.read_text() if path.is_file() else ""
+    return write_text(path, before + text)
 
 
 def write_json(path: str | Path, data: Any) -> Path:

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medimg.cli import CONF_DIR, run_task
 from medimg.config.commands import PredictSettings
+from medimg.config.overrides import guard_command_line
 from medimg.config.schema import read
 from medimg.data.inputs import collect_images, image_batches
 from medimg.data.readers import ImageLimits
@@ -157,4 +158,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     sys.argv = expand_shorthands(sys.argv)
+    guard_command_line("predict")  # an unknown key: one line, before any work
     main()

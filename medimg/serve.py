@@ -16,6 +16,7 @@ import uvicorn
 from omegaconf import DictConfig, OmegaConf
 
 from medimg.cli import CONF_DIR, run_task
+from medimg.config.overrides import guard_command_line
 from medimg.config.schema import read
 from medimg.config.serve import ServeSettings
 from medimg.serving.app import create_app
@@ -42,4 +43,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    guard_command_line("serve")  # an unknown key: one line, before any work
     main()

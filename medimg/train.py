@@ -10,6 +10,7 @@ the calibration in ``best.ckpt``; evaluate the test split (``metrics.json``, ``p
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from medimg.config.runtime import Runtime, resolve_runtime
 from medimg.config.schema import as_dict
 from medimg.config.training import TrainSettings, train_settings
 from medimg.data.datamodule import MedImageDataModule
-from medimg.data.sources import work_dir
+from medimg.data.sources import check_present, work_dir
 from medimg.errors import ConfigError
 from medimg.evaluation.analyses import evaluation_options
 from medimg.evaluation.evaluator import evaluate_split, fit_on_validation
@@ -31,6 +32,7 @@ from medimg.evaluation.subgroups import check_subgroup_columns
 from medimg.inference import run_dir_of
 from medimg.models.backbones import blocks_of, check_weights
 from medimg.models.freezing import resolve_blocks
+from medimg.training.epoch_log import progress_bar_shown
 from medimg.training.finish import finish_run, keep_best
 from medimg.training.model import build_model, run_preprocess
 from medimg.training.phase_book import PhaseBook
@@ -50,6 +52,10 @@ def check_recipe(s: TrainSettings) -> None:
             trained = resolve_blocks(ph.train_blocks, blocks)
         except ConfigError as e:
             raise ConfigError(f"stage.phases.{name}.train_blocks: {e}") from None
+        if not trained and s.backbone.weights is None:  # a baseline on random features, rarely what is meant
+            log.warning("phase %r trains only the head, on a backbone with random weights (backbone.weights=null): "
+                        "its features are random. To train from scratch, use stage=scratch (every layer trains)",
+                        name)
         if ph.feature_cache and trained:
             raise ConfigError(f"stage.phases.{name}.feature_cache=true needs a frozen backbone, but the phase "
                               f"trains {trained}; set stage.phases.{name}.train_blocks=[] or "
@@ -68,6 +74,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     rt = runtime_of(s)
     run_dir = run_dir_of(s.ckpt_path) if s.ckpt_path else Path(s.paths.output_dir)
     resume = open_resume(s.ckpt_path, as_dict(s), list(s.stage.phases)) if s.ckpt_path else None
+    check_present(s.dataset)  # a missing data folder is named before the weights are looked for
     check_recipe(s)
     claim(run_dir, resuming=resume is not None)
     L.seed_everything(s.seed, workers=True, verbose=False)
@@ -83,7 +90,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     best, best_score = book.best(s.monitor_mode) or (None, None)
     if best:
         load_weights(model, best)
-    trainer = build_eval_trainer(s.trainer, rt, s.logger, s.callbacks.rich_progress, run_dir, "test")
+    bar = progress_bar_shown(s.trainer.enable_progress_bar, s.callbacks.epoch_log)
+    trainer = build_eval_trainer(dataclasses.replace(s.trainer, enable_progress_bar=bar), rt, s.logger,
+                                 s.callbacks.rich_progress, run_dir, "test")
     calibration = fit_on_validation(trainer, model, dm, s.calibration)
     if trainer.is_global_zero:  # every rank took part in the evaluations; rank 0 writes
         keep_best(run_dir, best, calibration)

@@ -61,6 +61,7 @@ def _count(monkeypatch, tiny_cfg, *overrides: str) -> tuple[int, int]:
     monkeypatch.setattr(train_mod, "build_phase_trainer", with_counter)
     train(tiny_cfg("stage=scratch", "dataset.batch_size=4", "trainer.limit_val_batches=0", "test=false",
                    "calibration=none", "callbacks.early_stopping.enabled=false", "trainer.enable_progress_bar=true",
+                   "callbacks.epoch_log=false",  # the bar stays on under pytest (stdout is no terminal there)
                    "model.nan_check_every=20", *overrides))
     return counter.reads, counter.steps
 

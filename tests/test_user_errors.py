@@ -43,6 +43,10 @@ BAD_CONFIGS = [
     ("trainer.precision=bf15", "trainer.precision: 'bf15' is not one of auto, transformer-engine"),
     ("trainer.devices=0", "trainer.devices: must be a count > 0, -1 (all), auto, or a list of device ids"),
     ("dataset.split.seed=[1,2]", "dataset.split.seed: must be a whole number, got [1, 2]"),
+    ("+trainer.max_epoch=1", "trainer.max_epoch is neither a medimg trainer key nor a Lightning Trainer argument; "
+                             "did you mean trainer.max_epochs=1?"),
+    ("+optim.optimiser=adam", "unknown config keys: optim.optimiser (did you mean optim.optimizer?)"),
+    ("+dataset.img_sise=64", "did you mean dataset.img_size?"),
 ]
 
 
@@ -71,7 +75,7 @@ def test_offline_imagenet_weights_stop_before_the_data_is_generated(tmp_path, mo
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     data = tmp_path / "data"
     cfg = compose_train(tmp_path / "run", data, [*TINY, "backbone.weights=imagenet"])
-    with pytest.raises(WeightsUnavailableError, match="backbone.weights=null"):
+    with pytest.raises(WeightsUnavailableError, match="stage=scratch backbone.weights=null"):  # not two_stage
         train(cfg)
     assert not data.exists()
 
@@ -116,3 +120,62 @@ def test_debug_flag_keeps_the_traceback(tmp_path):
     proc = _cli("medimg.train", "dataset.img_size=0", f"paths.data_dir={tmp_path / 'data'}", cwd=tmp_path,
                 env={"MEDIMG_DEBUG": "1"})
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
+
+
+UNKNOWN_KEYS = [  # Hydra alone would advise adding these with +, which led into a traceback after the data loaded
+    ("medimg.train", ["trainer.max_epoch=1"], "error: trainer.max_epoch is not a config key; did you mean "
+                                              "trainer.max_epochs=1?"),
+    ("medimg.train", ["+trainer.max_epoch=1"], "did you mean trainer.max_epochs=1?"),
+    ("medimg.train", ["-m", "seed=1,2", "stage.phases.finetune.lrr=1e-4"], "did you mean stage.phases.finetune.lr=1e-4?"),
+    ("medimg.evaluate", ["ckpt_pth=/no/such.ckpt"], "did you mean ckpt_path=/no/such.ckpt?"),
+    ("medimg.evaluate", ["+trainer.precison=32", "ckpt_path=/no/such.ckpt"], "did you mean trainer.precision=32?"),
+    ("medimg.predict", ["inputs=/no/such/folder"], "did you mean input=/no/such/folder?"),
+    ("medimg.explain", ["ckpt_path=/no/such.ckpt", "max_image=4"], "did you mean max_images=4?"),
+    ("medimg.serve", ["prot=8001"], "did you mean port=8001?"),
+    ("medimg.download", ["dataset=ham10000", "keep_archiv=true"], "did you mean keep_archive=true?"),
+]
+
+
+@pytest.mark.parametrize("module,args,says", UNKNOWN_KEYS)
+def test_an_unknown_key_names_the_closest_one_before_any_work(module, args, says, tmp_path):
+    data = tmp_path / "data"
+    proc = _cli(module, *args, f"paths.data_dir={data}", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stdout + proc.stderr and "To append to your config use" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and says in errors[0], proc.stderr[-2000:]
+    assert not data.exists(), "data work started before the key was checked"
+
+
+def test_a_missing_data_folder_is_named_before_the_weights_are_looked_for(tmp_path, monkeypatch):
+    from medimg.errors import MissingDataError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached weights: looking for them would fail
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(
+        urllib.error.URLError("no network")))
+    cfg = compose_train(tmp_path / "run", tmp_path / "data", [*TINY_ANY_DATA, "dataset=folder",
+                                                               f"dataset.root={tmp_path / 'no_such_folder'}",
+                                                               "backbone.weights=imagenet"])
+    with pytest.raises(MissingDataError, match="no_such_folder does not exist; set dataset.root"):
+        train(cfg)
+    kaggle = compose_train(tmp_path / "run2", tmp_path / "data", [*TINY_ANY_DATA, "dataset=ham10000",
+                                                                   "backbone.weights=imagenet"])
+    with pytest.raises(UserError, match="python -m medimg.download dataset=ham10000"):
+        train(kaggle)
+
+
+def test_a_frozen_phase_on_random_weights_is_warned_about(tmp_path, caplog):
+    from medimg.train import check_recipe
+    from tests.conftest import settings_of
+
+    with caplog.at_level("WARNING", logger="medimg.train"):
+        check_recipe(settings_of(compose_train(tmp_path, tmp_path, [*TINY, "stage=two_stage"])))
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "phase 'head' trains only the head" in warned[0] and "stage=scratch" in warned[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medimg.train"):
+        check_recipe(settings_of(compose_train(tmp_path, tmp_path, [*TINY, "stage=scratch"])))
+        check_recipe(settings_of(compose_train(tmp_path, tmp_path, ["stage=two_stage", "backbone.weights=null",
+                                                                    "stage.phases.head.train_blocks=last",
+                                                                    "stage.phases.head.feature_cache=false"])))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
-from medimg.config.schema import auto_or_bool, fraction, positive, require
+from medimg.config.schema import auto_or_bool, closest, fraction, positive, require
 from medimg.names import INTERPOLATIONS, MAX_IMG_SIZE
 
 # the keys each source takes besides the shared ones (conf/dataset/<name>.yaml)
@@ -71,8 +71,11 @@ class DatasetSettings:
         options = SOURCE_OPTIONS.get(self.source)
         require(options is not None, f"{where}.source", f"{self.source!r} is not one of {', '.join(SOURCE_OPTIONS)}")
         unknown = sorted(set(self.extra) - set(options))
+        valid = [*options, *(f.name for f in fields(self) if f.name != "extra")]
+        fixes = [f"{where}.{m}" for k in unknown if (m := closest(k, valid))]
         require(not unknown, where, f"unknown keys {', '.join(f'{where}.{k}' for k in unknown)} for "
-                                    f"source={self.source} (its own keys: {', '.join(options) or 'none'})")
+                                    f"source={self.source} (its own keys: {', '.join(options) or 'none'})"
+                                    + (f"; did you mean {', '.join(fixes)}?" if fixes else ""))
         for key in ("batch_size", "eval_batch_size", "cache_size"):
             positive(getattr(self, key), f"{where}.{key}")
         self._check_preprocess(where)

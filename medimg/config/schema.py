@@ -10,6 +10,7 @@ Each dataclass may define ``check(self)`` to validate values; errors name the fu
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from collections.abc import Mapping
@@ -34,7 +35,7 @@ def read(cls: type[T], node: Mapping[str, Any] | None, where: str) -> T:
                           f"(every key needs a value in its YAML file)")
     unknown = sorted(k for k in node if k not in declared)
     if unknown and "extra" not in names:
-        raise ConfigError(f"unknown config keys: {', '.join(key(where, k) for k in unknown)}; "
+        raise ConfigError(f"unknown config keys: {unknown_keys(where, unknown, declared)}; "
                           f"known keys{' of ' + where if where else ''}: {', '.join(declared)}")
     values = {n: _value(hints[n], node[n], key(where, n)) for n in declared}
     if "extra" in names:
@@ -44,6 +45,21 @@ def read(cls: type[T], node: Mapping[str, Any] | None, where: str) -> T:
     if callable(check):
         check(where or "")
     return obj
+
+
+def closest(name: str, valid: typing.Iterable[str]) -> str | None:
+    """The valid key most like ``name`` (a typo's fix), or None when none is close."""
+    found = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def unknown_keys(where: str, unknown: typing.Iterable[str], valid: typing.Sequence[str]) -> str:
+    """``a.b (did you mean a.c?), a.d`` for the keys ``unknown`` of the section ``where``."""
+    def one(k: str) -> str:
+        match = closest(k, valid)
+        return key(where, k) + (f" (did you mean {key(where, match)}?)" if match else "")
+
+    return ", ".join(one(k) for k in unknown)
 
 
 def key(where: str, name: str) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 
 from medimg.config.dataset import DatasetSettings
 from medimg.config.schema import auto_or_bool, one_of, positive, read, require
+from medimg.config.trainer_args import check_trainer_arguments
 from medimg.names import CALIBRATION_FITS, CALIBRATION_METHODS, CAM_METHODS, PRECISIONS, VALIDATION_METRICS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -157,6 +158,7 @@ class TrainerSettings:
         require(isinstance(self.val_min_steps, int) and self.val_min_steps >= 0, f"{where}.val_min_steps",
                 f"must be an integer >= 0 (0 = validate every epoch), got {self.val_min_steps!r}")
         positive(self.accumulate_grad_batches, f"{where}.accumulate_grad_batches")
+        check_trainer_arguments(self.extra, [f for f in self.__dict__ if f != "extra"], where)
 
     def lightning_kwargs(self) -> dict[str, Any]:
         """The Trainer arguments that pass through as they are (unset limits left out)."""
@@ -199,6 +201,7 @@ class CallbackSettings:
     early_stopping: EarlyStoppingSettings
     lr_monitor: bool
     rich_progress: bool
+    epoch_log: Any                # auto | true | false: one line per epoch on the console (training/epoch_log.py)
     throughput: bool
     gradcam: GradCamLogSettings
 
@@ -276,6 +279,7 @@ class TrainSettings:
 
     def check(self, where: str) -> None:
         one_of(self.monitor_mode, ("max", "min"), "monitor_mode")
+        auto_or_bool(self.callbacks.epoch_log, "callbacks.epoch_log")
         for name, ph in self.stage.phases.items():
             require(ph.warmup_steps == 0 or self.optim.scheduler in ("cosine", "none"),
                     f"stage.phases.{name}.warmup_steps", f"warmup needs optim.scheduler=cosine or none, "

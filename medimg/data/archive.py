@@ -14,13 +14,13 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from medimg.errors import ConfigError, UserError
+from medimg.files import temp_folder
 
 GIB = 1 << 30
 DISK_MARGIN_BYTES = 512 << 20  # left free on the target's disk after extraction (logs, caches, the OS)
@@ -184,7 +184,7 @@ def _extract_into(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], files: list
     targets = [(i, _member_target(i, dest)) for i in infos]  # validate all before writing any
     keep = {id(i) for i in files}
     root = dest.resolve()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extract-", dir=dest.parent))
+    tmp = temp_folder(f".{dest.name}.extract-", dest.parent)
     written: list[Path] = []
     try:
         for info, target in targets:

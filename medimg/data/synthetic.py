@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from medimg.errors import DataError, DataExistsError
+from medimg.files import temp_folder
 
 CLASSES = ("nevus", "melanoma", "keratosis", "vascular")
 PROPORTIONS = (0.62, 0.18, 0.12, 0.08)
@@ -166,7 +166,7 @@ def generate(root: str | Path, num_images: int = 3000, img_size: int = 96, seed:
         raise DataExistsError(f"{root} exists and is not a synthetic data set; choose another dataset.root")
 
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=root.parent))
+    tmp = temp_folder(".synthetic-", root.parent)
     try:
         rng = np.random.default_rng(seed)
         for cls, count in zip(CLASSES, class_counts(num_images)):

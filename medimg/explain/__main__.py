@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medimg.cli import CONF_DIR, run_task
 from medimg.config.commands import ExplainSettings
+from medimg.config.overrides import guard_command_line
 from medimg.config.schema import read
 from medimg.data.datamodule import MedImageDataModule
 from medimg.data.sources import work_dir
@@ -53,4 +54,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    guard_command_line("explain")  # an unknown key: one line, before any work
     main()

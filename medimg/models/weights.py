@@ -23,6 +23,10 @@ from medimg.files import read_torch
 
 TORCHVISION_URL = "https://download.pytorch.org/"
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm's hub repositories hold, in timm's order
+# without pretrained weights the recipe must train the backbone too: two_stage's first phase would keep a random
+# backbone frozen (conf/stage/scratch.yaml trains every layer, as experiment=synthetic does)
+FROM_SCRATCH = ("train from random weights instead: stage=scratch backbone.weights=null (every layer trains; "
+                "backbone.weights=null alone keeps the stage's frozen head phase on a random backbone)")
 
 
 class WeightsUnavailableError(UserError, RuntimeError):
@@ -38,7 +42,7 @@ def pretrained_state_dict(name: str, pretrained_cfg: Mapping) -> dict[str, torch
         return _from_hf_hub(name, hub_id)
     raise WeightsUnavailableError(
         f"timm has no pretrained weights for {name} ({pretrained_cfg.get('architecture')}); "
-        "use backbone.weights=null (random init) or backbone.weights=/path/to/weights")
+        f"use backbone.weights=/path/to/weights, or {FROM_SCRATCH}")
 
 
 def _from_torch_hub(name: str, url: str) -> dict[str, torch.Tensor]:
@@ -50,7 +54,7 @@ def _from_torch_hub(name: str, url: str) -> dict[str, torch.Tensor]:
         raise WeightsUnavailableError(
             f"could not load the pretrained weights of {name} ({url}): {e}.\n"
             f"Offline? Put the file {Path(url).name} into {hub_dir} (torch.hub's cache, set by TORCH_HOME), "
-            f"or train without them: backbone.weights=null (random init) or backbone.weights=/path/to/state_dict.pth"
+            f"or pass a file: backbone.weights=/path/to/state_dict.pth; or {FROM_SCRATCH}"
         ) from e
 
 
@@ -70,7 +74,7 @@ def _from_hf_hub(name: str, hub_id: str) -> dict[str, torch.Tensor]:
         f"Offline? Download {HUB_FILES[0]} from https://huggingface.co/{hub_id} and either pass it as "
         f"backbone.weights=/path/to/{HUB_FILES[0]}, or place it in the hub cache as "
         f"{repo}/snapshots/<revision>/{HUB_FILES[0]} with the word <revision> written into {repo}/refs/main "
-        f"(then set HF_HUB_OFFLINE=1); or train without them: backbone.weights=null (random init)"
+        f"(then set HF_HUB_OFFLINE=1); or {FROM_SCRATCH}"
     ) from error
 
 

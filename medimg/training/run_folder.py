@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from medimg.config.overrides import check_overrides
 from medimg.errors import ConfigError
 from medimg.files import remove_stale_temporaries, write_json
 from medimg.inference import run_dir_of
@@ -53,7 +54,7 @@ def claim(run_dir: Path, resuming: bool) -> None:
                           f"a run never writes into another run's folder. Resume that run with "
                           f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}, or choose another hydra.run.dir.")
     try:
-        fd = os.open(run_dir / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        fd = os.open(run_dir / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # umask applies
     except FileExistsError:
         other = (run_dir / CLAIM).read_text().strip()
         raise ConfigError(f"run folder {run_dir} belongs to another run ({other}); choose another hydra.run.dir "
@@ -97,9 +98,8 @@ def resume_argv(argv: list[str]) -> list[str]:
     flags, overrides = split_flags(args)
     check_resume(saved, overrides, run_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    task = _saved_task_name(saved)
     extra = [f"hydra.run.dir={run_dir}", f"hydra.output_subdir=.hydra/resume-{stamp}",
-             f"hydra.job_logging.handlers.file.filename={run_dir / (task + '.log')}", "hydra.job.chdir=false"]
+             f"hydra.job_logging.handlers.file.filename={run_log(run_dir, saved)}", "hydra.job.chdir=false"]
     return [argv[0], *flags, "-cp", str(saved.parent), "-cn", "config", *overrides, *extra]
 
 
@@ -137,6 +137,13 @@ def check_resume(saved: Path, overrides: list[str], run_dir: Path) -> None:
     open_resume(s.ckpt_path, as_dict(s), list(s.stage.phases), quiet=True)
 
 
+def run_log(run_dir: Path, saved: Path) -> Path:
+    """The run's log, which a resume continues: ``train.log``, or ``<task_name>.log`` of a run that has only that
+    (the name before the log was ``train.log`` for every run)."""
+    older = run_dir / f"{_saved_task_name(saved)}.log"
+    return older if older.is_file() and not (run_dir / "train.log").is_file() else run_dir / "train.log"
+
+
 def _saved_task_name(saved: Path) -> str:
     for line in saved.read_text().splitlines():
         if line.startswith("task_name:"):
@@ -147,6 +154,7 @@ def _saved_task_name(saved: Path) -> str:
 def prepare_argv(argv: list[str]) -> list[str]:
     """The train command line, checked and (for a resume) rewritten before Hydra writes anything."""
     try:
+        check_overrides("train", argv[1:])  # an unknown key, before Hydra's advice to add it with +
         refuse_finished_run_dir(argv[1:])
         return resume_argv(argv)
     except ConfigError as e:

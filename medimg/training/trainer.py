@@ -28,6 +28,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from medimg.config.runtime import Runtime
 from medimg.config.training import EarlyStoppingSettings, TrainerSettings, TrainSettings
 from medimg.training.checkpoint_io import AtomicCheckpointIO
+from medimg.training.epoch_log import EpochLog, lines_on_console
 from medimg.training.gradcam_logger import GradCamLogger
 from medimg.training.history import TrainingHistory
 from medimg.training.loggers import build_loggers
@@ -101,8 +102,10 @@ def build_phase_trainer(s: TrainSettings, rt: Runtime, book: PhaseBook, phase: s
     ``patience`` in validations, one every ``val_every`` epochs: training/budget.py)."""
     cb = s.callbacks
     best, extra = _checkpoints(s, phase, run_dir / "checkpoints", val_every)
+    console = lines_on_console(cb.epoch_log)  # then no progress bar: a log of lines, not of redrawn bars
     callbacks: list[Callback] = [best, *extra, RunStateWriter(book), StepSeeder(s.seed, phase), NetworkSummary(),
-                                 TrainingHistory(run_dir / "history.json", phase, s.monitor)]
+                                 TrainingHistory(run_dir / "history.json", phase, s.monitor),
+                                 EpochLog(run_dir, phase, s.monitor, console)]
     if cb.early_stopping.enabled and patience is not None:
         callbacks.append(early_stopping(cb.early_stopping, s.monitor, s.monitor_mode, patience, start_score))
     loggers = build_loggers(s.logger, run_dir, phase)
@@ -116,11 +119,12 @@ def build_phase_trainer(s: TrainSettings, rt: Runtime, book: PhaseBook, phase: s
         callbacks.append(EMAWeightAveraging(decay=s.model.ema_decay))
     if cb.throughput:
         callbacks.append(StepTimer(run_dir / "throughput.json"))
-    if s.trainer.enable_progress_bar and cb.rich_progress:
+    bar = s.trainer.enable_progress_bar and not console
+    if bar and cb.rich_progress:
         callbacks.append(RichProgressBar())
     trainer = L.Trainer(max_epochs=epochs, callbacks=callbacks, logger=loggers or False,
                         default_root_dir=str(run_dir), check_val_every_n_epoch=val_every,
-                        **trainer_kwargs(s.trainer, rt))
+                        **{**trainer_kwargs(s.trainer, rt), "enable_progress_bar": bar})
     return trainer, best
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from medimg.config.dataset import SOURCE_OPTIONS, DatasetSettings
-from medimg.data.kaggle import KaggleSet
+from medimg.data.kaggle import KaggleSet, extracted_dir
 from medimg.data.sources import chest_xray, fashion_mnist, ham10000
 from medimg.data.sources.csv_source import csv_table
 from medimg.data.sources.folder import folder_table
@@ -57,6 +57,18 @@ def check_source(ds: DatasetSettings) -> None:
         ds.option("csv")
     elif not ds.root:
         raise ConfigError(f"dataset.root is not set for dataset.source={ds.source}")
+
+
+def check_present(ds: DatasetSettings) -> None:
+    """That the data the config points at are there (a folder, a CSV, a downloaded set), without reading
+    them: before slower checks (the pretrained weights) and any data work. A generated set is not checked."""
+    check_source(ds)
+    if ds.source == "folder" and not Path(ds.root).expanduser().is_dir():
+        folder_table(Path(ds.root).expanduser())  # its own message names the key and the expected layout
+    elif ds.source == "csv" and not Path(ds.option("csv")).expanduser().is_file():
+        _csv(ds)
+    elif ds.source in KAGGLE_SETS:
+        extracted_dir(KAGGLE_SETS[ds.source], ds.root)  # names the download command
 
 
 def load_source(ds: DatasetSettings) -> tuple[pd.DataFrame, list[str]]:

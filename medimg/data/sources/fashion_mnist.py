@@ -12,7 +12,6 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from medimg.data.kaggle import KaggleSet, extracted_dir
 from medimg.data.sources.folder import folder_table
 from medimg.data.sources.locate import all_files, find_file
 from medimg.errors import DataError, MissingDataError
+from medimg.files import temp_folder
 
 # label index -> class name (folder-safe versions of T-shirt/top, ..., Ankle boot)
 CLASSES = ("T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -85,7 +85,7 @@ def write_images(extracted: Path, images_dir: Path) -> None:
     if images_dir.is_dir():
         return
     images_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{images_dir.name}.tmp-", dir=images_dir.parent))
+    tmp = temp_folder(f".{images_dir.name}.tmp-", images_dir.parent)
     try:
         for split, files in locate(extracted).items():
             images, labels = read_split(files)
