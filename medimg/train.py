@@ -32,7 +32,7 @@ from medimg.evaluation.subgroups import check_subgroup_columns
 from medimg.inference import run_dir_of
 from medimg.models.backbones import blocks_of, check_weights
 from medimg.models.freezing import resolve_blocks
-from medimg.training.epoch_log import progress_bar_shown
+from medimg.training.callbacks.epoch_log import progress_bar_shown
 from medimg.training.finish import finish_run, keep_best
 from medimg.training.model import build_model, run_preprocess
 from medimg.training.phase_book import PhaseBook

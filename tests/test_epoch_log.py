@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from medimg.training.epoch_log import EpochLog, lines_on_console
+from medimg.training.callbacks.epoch_log import EpochLog, lines_on_console
 from medimg.training.run_folder import run_log
 from tests.conftest import TINY
 

@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from medimg.train import runtime_of, train
-from medimg.training.gradcam_logger import GradCamLogger
+from medimg.training.callbacks.gradcam_logger import GradCamLogger
 from medimg.training.phase_book import PhaseBook
 from tests.conftest import datamodule_of, make_classifier, settings_of
 

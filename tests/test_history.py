@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from medimg.evaluation.learning_curves import learning_curves_figure, learning_curves_from, phase_starts
 from medimg.evaluation.plots import close_figures
-from medimg.training.history import TrainingHistory, merge_record
+from medimg.training.callbacks.history import TrainingHistory, merge_record
 
 
 class _Tiny(L.LightningModule):

@@ -1,4 +1,4 @@
-"""Learning curves from ``<run>/history.json`` (written by ``medimg.training.history.TrainingHistory``,
+"""Learning curves from ``<run>/history.json`` (written by ``medimg.training.callbacks.history.TrainingHistory``,
 ``{"monitor": name, "epochs": [record, ...]}``).
 
 Left: training and validation loss per epoch; right: the monitored validation metric. The epochs of all

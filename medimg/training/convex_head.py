@@ -23,9 +23,9 @@ from medimg.errors import ConfigError
 from medimg.evaluation.learning_curves import read_history
 from medimg.files import write_json
 from medimg.models.classifier import ImageClassifier
+from medimg.training.callbacks.history import merge_record
 from medimg.training.features import FeatureDataset, split_features
 from medimg.training.head_solver import solve_head
-from medimg.training.history import merge_record
 from medimg.training.loggers import build_loggers
 from medimg.training.phase_book import PhaseBook
 from medimg.training.trainer import is_rank_zero

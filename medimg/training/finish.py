@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from medimg.config.schema import as_dict, flatten
 from medimg.config.training import TrainSettings
-from medimg.console import print_metrics
+from medimg.console import print_summary, summary_lines, tensorboard_in
 from medimg.evaluation.calibration import Calibration
 from medimg.evaluation.evaluator import Evaluation, write_evaluation
 from medimg.files import write_json
@@ -29,8 +29,7 @@ def keep_best(run_dir: Path, best: str | None, calibration: Calibration) -> None
 def finish_run(s: TrainSettings, run_dir: Path, best: str | None, result: Evaluation | None,
                metrics: dict[str, float], trainer: L.Trainer) -> None:
     """The test results (predictions.csv, figures/, report.md), metrics.json (the run's ``metrics``: the test
-    metrics and the best validation score), run_info.json, hparams with the final metrics, the printed table."""
-    headline = {k: v for k, v in metrics.items() if "/per_class/" not in k}
+    metrics and the best validation score), run_info.json, hparams with the final metrics, the printed summary."""
     info = run_info()
     hparams = hyperparameters(s, info)
     if result:  # TensorBoard's hparams view shows the test metrics beside the settings
@@ -46,8 +45,18 @@ def finish_run(s: TrainSettings, run_dir: Path, best: str | None, result: Evalua
             lg.log_hyperparams(hparams)
         elif not result:
             lg.log_hyperparams(hparams, metrics)
-    print_metrics(headline, title=f"{'test' if result else 'validation'} metrics ({s.dataset.name}, {s.backbone.name})")
-    print(f"run folder: {run_dir}")
+    print_summary(run_summary(s, run_dir, result, metrics, trainer))
+
+
+def run_summary(s: TrainSettings, run_dir: Path, result: Evaluation | None, metrics: dict[str, float],
+                trainer: L.Trainer) -> list[str]:
+    """The end of the run on one screen: headline figures, calibration, the run folder, report, TensorBoard."""
+    what = "test split" if result else "no test split (test=false)"
+    return summary_lines(
+        metrics, f"{s.dataset.name}, {s.backbone.name}: {what}", run_dir, level=s.evaluation.interval_level,
+        calibration=result.calibration.method if result and result.calibration.is_calibrated else None,
+        report=result is not None, tensorboard=tensorboard_in(trainer.loggers),
+        positive=result.class_names[-1] if result else "the second class")
 
 
 def hyperparameters(s: TrainSettings, info: dict[str, Any]) -> dict[str, Any]:

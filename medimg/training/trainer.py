@@ -27,34 +27,16 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from medimg.config.runtime import Runtime
 from medimg.config.training import EarlyStoppingSettings, TrainerSettings, TrainSettings
+from medimg.training.callbacks.epoch_log import EpochLog, lines_on_console
+from medimg.training.callbacks.epoch_start_checkpoint import EpochStartCheckpoint
+from medimg.training.callbacks.gradcam_logger import GradCamLogger
+from medimg.training.callbacks.history import TrainingHistory
+from medimg.training.callbacks.network_summary import NetworkSummary
+from medimg.training.callbacks.seeding import StepSeeder
+from medimg.training.callbacks.step_timer import StepTimer
 from medimg.training.checkpoint_io import AtomicCheckpointIO
-from medimg.training.epoch_log import EpochLog, lines_on_console
-from medimg.training.gradcam_logger import GradCamLogger
-from medimg.training.history import TrainingHistory
 from medimg.training.loggers import build_loggers
-from medimg.training.network_summary import NetworkSummary
 from medimg.training.phase_book import PhaseBook, RunStateWriter
-from medimg.training.seeding import StepSeeder
-from medimg.training.step_timer import StepTimer
-
-
-class EpochStartCheckpoint(Callback):
-    """``last.ckpt`` when an epoch starts, from the second on: the previous epoch complete, its validation,
-    early-stopping count and scheduler step included. Lightning resumes such a checkpoint as a clean start of
-    the next epoch (the last epoch of a phase is saved by the phase's boundary checkpoint)."""
-
-    def __init__(self, path: Path, every: int = 1):
-        self.path, self.every = Path(path), int(every)  # after each validated epoch (every ``every`` epochs)
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch > 0 and trainer.current_epoch % self.every == 0:
-            # the per-epoch counters as the epoch loop resets them a moment later, so that a resume from this
-            # checkpoint runs the whole epoch (else Lightning reads the previous epoch's counters as "done")
-            loop = trainer.fit_loop.epoch_loop
-            loop.batch_progress.reset_on_run()
-            loop.scheduler_progress.reset_on_run()
-            loop.automatic_optimization.optim_progress.reset_on_run()
-            trainer.save_checkpoint(self.path, weights_only=False)  # all of it: optimiser, loops, callbacks
 
 
 def trainer_kwargs(trainer: TrainerSettings, rt: Runtime) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from medimg.files import append_text
-from medimg.training.history import TRAIN_LOSS_KEYS, _number
+from medimg.training.callbacks.history import TRAIN_LOSS_KEYS, _number
 
 log = logging.getLogger("medimg.train")
 LOG_NAME = "train.log"
