@@ -94,3 +94,20 @@ def test_reading_a_config_builds_no_model(monkeypatch, tmp_path):
     monkeypatch.setattr(backbones, "pretrained_preprocess", no_timm)
     s = settings_of(compose_train(tmp_path, tmp_path / "data", ["dataset=folder", "dataset.root=/images"]))
     assert s.dataset.mean is None and s.dataset.preprocess_from == "resnet18"
+
+
+def test_a_stage_file_may_leave_out_the_optional_phase_keys_but_not_misspell_one():
+    from medimg.config.schema import read
+    from medimg.config.training import PhaseSettings, StageSettings
+    from medimg.errors import ConfigError
+
+    stage = read(StageSettings, {"name": "mine", "phases": {"only": {"train_blocks": "all", "epochs": 3, "lr": 0.01}}},
+                 "stage")
+    ph = stage.phases["only"]
+    assert isinstance(ph, PhaseSettings) and ph.epochs == 3 and ph.patience is None and ph.feature_cache is False
+    assert (ph.min_steps, ph.patience_min_steps, ph.warmup_steps, ph.lr_decay) == (0, 0, 0, 1.0)
+    with pytest.raises(ConfigError, match=r"stage.phases.only.warmup_step \(did you mean stage.phases.only.warmup_steps\?\)"):
+        read(StageSettings, {"name": "mine", "phases": {"only": {"train_blocks": "all", "epochs": 3, "lr": 0.01,
+                                                                 "warmup_step": 5}}}, "stage")
+    with pytest.raises(ConfigError, match="config keys missing: stage.phases.only.lr"):
+        read(StageSettings, {"name": "mine", "phases": {"only": {"train_blocks": "all", "epochs": 3}}}, "stage")

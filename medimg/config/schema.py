@@ -27,9 +27,11 @@ def read(cls: type[T], node: Mapping[str, Any] | None, where: str) -> T:
     if not isinstance(node, Mapping):
         raise ConfigError(f"{where} must be a mapping of keys, got {node!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields)
     declared = [n for n in names if n != "extra"]
-    missing = [n for n in declared if n not in node]
+    optional = {n: f.default for n, f in fields.items() if f.default is not dataclasses.MISSING}
+    missing = [n for n in declared if n not in node and n not in optional]
     if missing:
         raise ConfigError(f"config keys missing: {', '.join(key(where, n) for n in missing)} "
                           f"(every key needs a value in its YAML file)")
@@ -37,7 +39,7 @@ def read(cls: type[T], node: Mapping[str, Any] | None, where: str) -> T:
     if unknown and "extra" not in names:
         raise ConfigError(f"unknown config keys: {unknown_keys(where, unknown, declared)}; "
                           f"known keys{' of ' + where if where else ''}: {', '.join(declared)}")
-    values = {n: _value(hints[n], node[n], key(where, n)) for n in declared}
+    values = {n: _value(hints[n], node[n], key(where, n)) if n in node else optional[n] for n in declared}
     if "extra" in names:
         values["extra"] = {k: node[k] for k in unknown}
     obj = cls(**values)

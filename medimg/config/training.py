@@ -36,16 +36,20 @@ class BackboneSettings:
 
 @dataclass(frozen=True)
 class PhaseSettings:
+    """One phase of a stage. ``train_blocks``, ``epochs`` and ``lr`` are required; a stage file may leave out the
+    others, which then take these defaults (the built-in stages list every key, so that each can be overridden
+    from the command line without ``+``)."""
+
     train_blocks: Any             # [] (frozen backbone) | all | last | a count of last blocks | block name(s)
     epochs: int
     lr: Any                       # a learning rate | find (Lightning's learning-rate finder)
-    patience: int | None
-    feature_cache: bool
-    head_fit: str                 # feature-cached head: convex (solved to convergence) | epochs (Adam over epochs)
-    min_steps: int                # the phase takes at least this many optimiser steps (its epochs are raised)
-    patience_min_steps: int       # early stopping waits at least this many optimiser steps (patience raised)
-    warmup_steps: int             # linear learning-rate warmup over the first optimiser steps
-    lr_decay: float               # discriminative rates: each earlier trained block gets lr x this factor more
+    patience: int | None = None   # early-stopping patience in validations (null = off)
+    feature_cache: bool = False   # frozen backbone: features computed once (no augmentation)
+    head_fit: str = "convex"      # feature-cached head: convex (solved to convergence) | epochs (Adam over epochs)
+    min_steps: int = 0            # the phase takes at least this many optimiser steps (its epochs are raised)
+    patience_min_steps: int = 0   # early stopping waits at least this many optimiser steps (patience raised)
+    warmup_steps: int = 0         # linear learning-rate warmup over the first optimiser steps
+    lr_decay: float = 1.0         # discriminative rates: each earlier trained block gets lr x this factor more
 
     def check(self, where: str) -> None:
         require(isinstance(self.epochs, int) and self.epochs >= 1, f"{where}.epochs", "must be an integer >= 1")
