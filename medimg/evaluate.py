@@ -28,7 +28,7 @@ from medimg.config.dataset import DatasetSettings
 from medimg.config.overrides import guard_command_line
 from medimg.config.runtime import Runtime, resolve_runtime
 from medimg.config.schema import read
-from medimg.console import print_metrics
+from medimg.console import print_summary, summary_lines, tensorboard_in
 from medimg.data.datamodule import MedImageDataModule
 from medimg.data.sources import work_dir
 from medimg.errors import MissingDataError
@@ -113,9 +113,11 @@ def evaluate_checkpoint(e: EvaluateSettings, rt: Runtime, dm: MedImageDataModule
         title = f"Evaluation: {dm.ds.name}, {trained.backbone}"
         facts = [("checkpoint", str(e.ckpt_path)), ("data set", dm.ds.name), ("output folder", str(out_dir))]
         write_evaluation(result, out_dir, trainer.loggers, title, facts)
-        print_metrics({k: v for k, v in result.metrics.items() if "/per_class/" not in k},
-                      title=f"{e.split} metrics ({dm.ds.name}, {Path(e.ckpt_path).name})")
-        print(f"results in: {out_dir}")
+        print_summary(summary_lines(
+            result.metrics, f"{dm.ds.name}, {trained.backbone}: {e.split} split", out_dir, prefix=f"{e.split}/",
+            level=e.evaluation.interval_level, folder_label="results in", positive=result.class_names[-1],
+            calibration=calibration.method if calibration.is_calibrated else None,
+            tensorboard=tensorboard_in(trainer.loggers)))
     return dict(result.metrics)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import lightning as L
 
-from medimg.console import print_metrics
+from medimg.console import print_summary, summary_lines, tensorboard_in
 from medimg.data.datamodule import MedImageDataModule
 from medimg.evaluation import cross_validation as cv
 from medimg.evaluation.calibration import FoldEnsemble
@@ -60,9 +60,9 @@ def evaluate_folds(trainer: L.Trainer, dm: MedImageDataModule, cv_dir: Path, out
         figs = {n: ens_dir / "figures" / f"{n}.png" for n in ("roc_curves", "reliability", "confusion_matrix")}
         cv.cv_report(out_dir / "report.md", runs, mean, std, ensemble.metrics, ens_dir,
                      {n: p for n, p in figs.items() if p.is_file()}, prefix=f"{split}/")
-        headline = {f"mean/{k}": v for k, v in mean.items() if "/per_class/" not in k}
-        headline.update({f"std/{k}": v for k, v in std.items() if "/per_class/" not in k})
-        headline.update({f"ensemble/{k}": v for k, v in ensemble.metrics.items() if "/per_class/" not in k})
-        print_metrics(headline, title=f"cross-validation ({len(runs)} folds)")
-        print(f"results in: {out_dir}")
+        print_summary(summary_lines(
+            ensemble.metrics, f"cross-validation, {len(runs)} folds: their ensemble on the {split} split", out_dir,
+            prefix=f"{split}/", calibration="each fold's own", folder_label="results in",
+            metrics_file="cv_metrics.json", positive=ensemble.class_names[-1],
+            tensorboard=tensorboard_in(trainer.loggers), folds=(mean, std)))
     return {f"ensemble/{k}": v for k, v in ensemble.metrics.items()} | {f"mean/{k}": v for k, v in mean.items()}

@@ -114,6 +114,14 @@ def test_health_metadata_and_docs(server, tiny_ckpt):
     assert body["properties"]["files"]["maxItems"] == 3
     page = httpx.get(f"{server.url}/")
     assert page.status_code == 200 and 'id="file"' in page.text
+    accuracy = meta["headline"][0]  # the headline figures in plain words, with their intervals
+    key = accuracy["metric"]
+    assert key == "test/accuracy_calibrated" and accuracy["value"] == pytest.approx(metrics[key])
+    assert (accuracy["low"], accuracy["high"]) == (pytest.approx(metrics[f"{key}_ci_low"]),
+                                                  pytest.approx(metrics[f"{key}_ci_high"]))
+    assert accuracy["text"].startswith(f"Accuracy (images classified correctly): {100 * metrics[key]:.1f}% "
+                                       f"(95% interval {100 * metrics[f'{key}_ci_low']:.1f}-")
+    assert '<details id="technical">' in page.text  # calibrator and raw metrics: collapsed, one click away
 
 
 def test_probabilities_equal_medimg_predict(server, tiny_ckpt, images, tmp_path):

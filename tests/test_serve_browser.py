@@ -127,3 +127,21 @@ def test_a_file_that_is_not_an_image_shows_the_servers_error(server, browser, tm
     wait_for(browser, lambda d: d.find_element(By.ID, "error").text != "", "an error")
     error = browser.find_element(By.ID, "error").text
     assert error.startswith("422: cannot read image 'notes.png'")
+
+
+def test_the_page_gives_headline_figures_and_keeps_the_detail_one_click_away(server, browser):
+    from selenium.webdriver.common.by import By
+
+    meta = httpx.get(f"{server.url}/metadata").json()
+    open_page(browser, server.url)
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#headline-list li"), "the headline figures")
+    shown = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#headline-list li")]
+    assert shown == [f["text"] for f in meta["headline"]] and "(95% interval" in shown[0]
+    assert meta["calibration_note"] not in browser.find_element(By.ID, "model").text
+    technical = browser.find_element(By.ID, "technical")
+    assert technical.get_attribute("open") is None
+    assert not browser.find_element(By.ID, "metrics").is_displayed()  # collapsed
+    technical.find_element(By.TAG_NAME, "summary").click()
+    assert browser.find_element(By.ID, "metrics").is_displayed()
+    assert meta["calibration_note"] in browser.find_element(By.ID, "technical-list").text
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#metrics tr")) == len(meta["test_metrics"])

@@ -10,6 +10,7 @@ threads and the model in ``workers`` threads, never on the event loop. Every err
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -27,8 +28,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from medimg import __version__
 from medimg.config.serve import ServeSettings
+from medimg.console import LEVEL, Figure, headline_figures, number, split_images
+from medimg.inference import run_dir_of
 from medimg.serving.batching import DirectRunner, MicroBatcher
-from medimg.serving.schemas import DISCLAIMER, ErrorBody, Health, Metadata, PredictResponse
+from medimg.serving.schemas import DISCLAIMER, ErrorBody, HeadlineFigure, Health, Metadata, PredictResponse
 from medimg.serving.service import ServedModel
 from medimg.serving.uploads import FIELD, RequestError, decode_uploads, receive_uploads
 
@@ -41,6 +44,75 @@ ERRORS = {
     422: {"model": ErrorBody, "description": "a file that cannot be decoded as an image (or is truncated); a bad "
                                              "query parameter"},
 }
+
+
+# headline figure -> its plain words ({pos}, {neg}: a binary task's positive and negative class), a percentage?
+PLAIN = {"accuracy": ("Accuracy (images classified correctly)", True),
+         "balanced_accuracy": ("Balanced accuracy (the mean over the classes of their images classified "
+                               "correctly)", True),
+         "auroc": ("Area under the ROC curve (1 = every image ranked right, 0.5 = chance)", False),
+         "pr_auc": ("Average precision (area under the precision-recall curve, 1 = perfect)", False),
+         "sensitivity": ("Sensitivity ({pos} images called {pos})", True),
+         "specificity": ("Specificity ({neg} images called {neg})", True)}
+OPERATING = ("test/sensitivity", "test/specificity", "test/threshold")
+
+
+def run_metrics(ckpt: str | Path | None) -> tuple[dict[str, float], float]:
+    """The checkpoint's run: its metrics.json (empty when there is none) and its interval level."""
+    if not ckpt:
+        return {}, LEVEL
+    run = run_dir_of(ckpt)
+    try:
+        metrics = json.loads((run / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}, LEVEL
+    level, config = None, run / ".hydra" / "config.yaml"
+    if config.is_file():
+        from omegaconf import OmegaConf
+
+        try:
+            level = OmegaConf.select(OmegaConf.load(config), "evaluation.interval_level")
+        except Exception:  # an unreadable config: the default level
+            level = None
+    return metrics, float(level) if isinstance(level, int | float) else LEVEL
+
+
+def plain_figure(f: Figure, level: float, names: list[str]) -> HeadlineFigure:
+    words, percent = PLAIN[f.name]
+    def shown(v: float) -> str:
+        return f"{100 * v:.1f}" if percent else f"{v:.3f}"
+
+    text = f"{words.format(pos=names[-1], neg=names[0])}: {shown(f.value)}{'%' if percent else ''}"
+    if f.low is not None and f.high is not None:
+        text += f" ({100 * level:g}% interval {shown(f.low)}-{shown(f.high)}{'%' if percent else ''})"
+    return HeadlineFigure(metric=f.key, value=f.value, low=f.low, high=f.high, text=text)
+
+
+def calibration_figure(metrics: dict[str, float], calibrated: bool) -> HeadlineFigure | None:
+    before, after = number(metrics, "test/ece"), number(metrics, "test/ece_calibrated")
+    if calibrated and after is not None:
+        was = f", {100 * before:.1f} before calibration" if before is not None else ""
+        return HeadlineFigure(metric="test/ece_calibrated", value=after, text=(
+            f"Calibration: a stated probability was off by {100 * after:.1f} percentage points on average "
+            f"(expected calibration error{was})"))
+    if before is None:
+        return None
+    return HeadlineFigure(metric="test/ece", value=before, text=(
+        f"Calibration: none (plain softmax outputs); a stated probability was off by {100 * before:.1f} "
+        "percentage points on average (expected calibration error)"))
+
+
+def described(served: ServedModel) -> Metadata:
+    """``/metadata``: the served model's description with the training run's headline test figures in plain
+    words. A model served uncalibrated is described by its run's uncalibrated figures."""
+    meta = served.metadata
+    metrics, level = run_metrics(served.settings.ckpt_path or served._onnx_meta("medimg.source_checkpoint"))
+    if not meta.calibrated and any(k.endswith("_calibrated") for k in metrics):  # its decisions differ from the run's
+        metrics = {k: v for k, v in metrics.items() if "_calibrated" not in k and not k.startswith(OPERATING)}
+    figures = [plain_figure(f, level, meta.class_names) for f in headline_figures(metrics)]
+    ece = calibration_figure(metrics, meta.calibrated)
+    return meta.model_copy(update={"headline": figures + ([ece] if ece else []),
+                                   "test_images": split_images(metrics)})
 
 
 def upload_body(max_files: int) -> dict:
@@ -63,6 +135,7 @@ def create_app(s: ServeSettings, model: ServedModel | None = None) -> FastAPI:
             if i.batching_for(s.engine) else DirectRunner(served.probs, executor)
         await runner.start()
         app.state.served, app.state.runner, app.state.executor = served, runner, executor
+        app.state.metadata = described(served)
         app.state.decoders = anyio.CapacityLimiter(i.decoders)
         try:
             yield
@@ -115,7 +188,7 @@ def _routes(app: FastAPI, s: ServeSettings) -> None:
 
     @app.get("/metadata", response_model=Metadata, summary="Classes, calibration, preprocessing, test metrics")
     async def metadata(request: Request) -> Metadata:
-        return request.app.state.served.metadata
+        return request.app.state.metadata
 
     @app.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=upload_body(
         s.limits.max_files), summary="Calibrated class probabilities of one or several images")

@@ -36,6 +36,17 @@ class Limits(BaseModel):
     max_aspect_ratio: float | None = Field(description="long side / short side; null = no cap")
 
 
+class HeadlineFigure(BaseModel):
+    """One of the training run's headline test figures (final probabilities and decisions), in plain words."""
+
+    metric: str = Field(description="its metrics.json key", examples=["test/accuracy_calibrated"])
+    value: float
+    low: float | None = Field(None, description="the bootstrap interval's lower bound; null when there is none")
+    high: float | None = Field(None, description="the bootstrap interval's upper bound; null when there is none")
+    text: str = Field(description="the figure in plain words",
+                      examples=["Accuracy (images classified correctly): 93.7% (95% interval 92.1-95.0%)"])
+
+
 class Metadata(BaseModel):
     class_names: list[str]
     backbone: str | None
@@ -48,6 +59,11 @@ class Metadata(BaseModel):
     preprocessing: Preprocessing
     test_metrics: dict[str, float] = Field(
         description="the training run's test metrics (its metrics.json); empty when the run folder has none")
+    headline: list[HeadlineFigure] = Field(
+        default_factory=list, description="the training run's headline test figures with their intervals, in plain "
+                                          "words (accuracy, balanced accuracy, AUROC, PR-AUC, binary sensitivity "
+                                          "and specificity, calibration error); empty when the run folder has none")
+    test_images: int | None = Field(None, description="the number of test images the figures come from")
     explain_available: bool = Field(description="false when the server has no checkpoint for Grad-CAM")
     gradcam_method: str
     limits: Limits
