@@ -2,7 +2,8 @@
 GPU utilisation, each measurement a time-boxed process.
 
 - **medimg**: ``python -m medimg.train trainer=gpu dataset=folder ... callbacks.throughput=true``; the rate is
-  read from ``throughput.json`` (per-step wall times). ``full``: one epoch, all batches full; the steady rate
+  read from ``throughput.json`` (per-step wall times). By default the training split is held on the GPU
+  (``dataset.device_resident=auto``); one more resnet18 run reads it through the loader workers instead. ``full``: one epoch, all batches full; the steady rate
   leaves out the first steps that the loader workers' prefetch queue may have served (``workers`` x 2).
   ``head``: the feature-cached head phase over ``head_epochs`` epochs, extraction included; its extraction
   rate is the frozen backbone's forward pass over the training images.
@@ -169,6 +170,10 @@ def measure_all(ctx: Ctx, unique: int, want: dict[str, float]) -> dict[str, Any]
         if ctx.budget.left() >= want["options"] / 2:
             ctx.save(out)
             out["bare_options"] = bare(ctx, OPTIONS, want["options"], "bare train step options")
+        if ctx.budget.left() >= want["medimg"] / 2:  # the default holds a split this small on the GPU: the loader
+            ctx.save(out)
+            out["medimg"].append(medimg_run(ctx, "resnet18", "full", want["medimg"], ["dataset.device_resident=false"],
+                                            label=" dataset.device_resident=false"))
         if ctx.budget.left() >= want["medimg"] / 2:  # medimg leaves cudnn.benchmark off unless asked
             ctx.save(out)
             out["medimg"].append(medimg_run(ctx, "resnet18", "full", want["medimg"], ["+trainer.benchmark=true"],
