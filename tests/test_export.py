@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from medimg.errors import ConfigError
-from medimg.evaluation.calibration import BCTS, Calibration, Isotonic, Platt, VectorScaling
-from medimg.export import export, export_onnx
+from medimg.evaluation.calibration import BCTS, Calibration, Isotonic, Platt, Temperature, VectorScaling
+from medimg.export import OPSETS, export, export_onnx, onnx_graph
 from medimg.inference import CheckpointError, load_trained
 from medimg.predict import predict
 from tests.conftest import command_config
@@ -97,19 +97,22 @@ def _shifted_logits(n: int, c: int, seed: int) -> tuple[torch.Tensor, torch.Tens
 
 
 @pytest.mark.parametrize("c", [2, 5])
-def test_bcts_and_vector_fold_into_onnx(c, tmp_path):
+def test_every_calibration_layer_folds_into_onnx(c):
+    """Each method's graph through the exporter (opset 17, converted down from 18), on batches it was not
+    exported with."""
     z, y = _shifted_logits(500, c, c)
     test = torch.randn(64, c, generator=torch.Generator().manual_seed(9)) * 4
-    for state in (BCTS.fit(z, y), VectorScaling.fit(z, y)):
+    states = [Temperature(temperature=1.7), BCTS.fit(z, y), VectorScaling.fit(z, y), Isotonic.fit(z, y)]
+    for state in states + ([Platt(a=0.7, b=-0.3)] if c == 2 else []):
         layer = state.as_module(c).eval()
         ref = state.probs(test.double()).numpy()
-        np.testing.assert_allclose(layer(test).detach().numpy(), ref, atol=1e-6)
-        path = tmp_path / f"{state.method}_{c}.onnx"
-        torch.onnx.export(layer, (test[:2],), str(path), dynamo=False, opset_version=17, input_names=["logits"],
-                          output_names=["probs"], dynamic_axes={"logits": {0: "batch"}, "probs": {0: "batch"}})
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = sess.run(["probs"], {"logits": test.numpy()})[0]
-        np.testing.assert_allclose(got, ref, atol=1e-5)
+        np.testing.assert_allclose(layer(test).detach().numpy(), ref, atol=1e-5)
+        proto = onnx_graph(layer, test[:2], 17, input_name="logits", output_names=("probs",))
+        assert [o.version for o in proto.opset_import if o.domain == ""] == [17]
+        sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        for batch in (1, 64):
+            got = sess.run(["probs"], {"logits": test[:batch].numpy()})[0]
+            np.testing.assert_allclose(got, ref[:batch], atol=1e-5, err_msg=state.method)
     with pytest.raises(CheckpointError, match="3 values of 'bias' but the model has 2 classes"):
         BCTS(temperature=1.0, bias=(0.0, 0.0, 0.0)).as_module(2)
 
@@ -159,6 +162,24 @@ def test_errors(tiny_ckpt, tmp_path):
                                f"onnx_path={tmp_path / 'model.onnx'}"))
 
 
+@pytest.mark.parametrize("opset", [16, 26])
+def test_an_opset_the_exporter_cannot_write_is_refused(tiny_ckpt, tmp_path, opset):
+    assert opset not in OPSETS
+    with pytest.raises(ConfigError, match=f"opset: {opset} .*set opset= to one of 17..25"):
+        export(command_config("export", tmp_path, f"ckpt_path={tiny_ckpt}", f"opset={opset}",
+                              f"output_dir={tmp_path}"))
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_the_exporters_own_opset_is_written_as_asked(tiny_ckpt, tmp_path):
+    info = export_onnx(tiny_ckpt, tmp_path / "model.onnx", opset=18, check=True, atol=1e-4)
+    model = onnx.load(str(tmp_path / "model.onnx"))
+    assert info["max_abs_diff"] < 1e-4 and [o.version for o in model.opset_import if o.domain == ""] == [18]
+    dims = {v.name: v.type.tensor_type.shape.dim[0].dim_param for v in [*model.graph.input, *model.graph.output]}
+    assert dims == {"image": "batch", "probs": "batch", "logits": "batch"}
+    assert not model.graph.initializer[0].external_data and not list(tmp_path.glob("*.data"))  # weights inline
+
+
 def test_cli(tiny_ckpt, tmp_path):
     ckpt = tmp_path / "best.ckpt"
     ckpt.write_bytes(tiny_ckpt.read_bytes())
@@ -167,6 +188,8 @@ def test_cli(tiny_ckpt, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "model.onnx").is_file()  # next to the checkpoint
     assert "onnxruntime check passed" in r.stdout
+    assert "(opset 17," in r.stdout and "[torch.onnx]" not in r.stdout  # the exporter's progress lines are quiet
+    assert "Warning" not in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
 
 
 BACKBONES = sorted(p.stem for p in (ROOT / "conf" / "backbone").glob("*.yaml") if p.stem != "timm")

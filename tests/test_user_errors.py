@@ -133,6 +133,7 @@ UNKNOWN_KEYS = [  # Hydra alone would advise adding these with +, which led into
     ("medimg.explain", ["ckpt_path=/no/such.ckpt", "max_image=4"], "did you mean max_images=4?"),
     ("medimg.serve", ["prot=8001"], "did you mean port=8001?"),
     ("medimg.download", ["dataset=ham10000", "keep_archiv=true"], "did you mean keep_archive=true?"),
+    ("medimg.export", ["ckpt_path=/no/such.ckpt", "opst=18"], "did you mean opset=18?"),
 ]
 
 
