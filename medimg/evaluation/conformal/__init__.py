@@ -1,0 +1,15 @@
+"""Split conformal prediction sets from a classifier's (calibrated) probabilities: pure functions, no
+Lightning, no data code.
+
+``Conformal.fit`` fits a rule on calibration images (``lac``, ``aps`` or ``raps`` scores, optionally one
+threshold per class: ``mondrian``); ``Conformal.sets`` gives each image's set, ``describe`` one line,
+``to_dict`` / ``from_dict`` the plain dict a checkpoint stores. ``set_metrics`` measures coverage and set size
+on a test split with bootstrap intervals; ``coverage_curve`` both over a grid of alpha (``plots.coverage_figure``).
+"""
+
+from medimg.evaluation.conformal.coverage import coverage_curve, set_metrics, set_table
+from medimg.evaluation.conformal.rule import Conformal, check_settings, set_names
+from medimg.evaluation.conformal.scores import SCORES, needed_images
+
+__all__ = ["SCORES", "Conformal", "check_settings", "coverage_curve", "needed_images", "set_metrics",
+           "set_names", "set_table"]
