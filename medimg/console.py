@@ -139,6 +139,13 @@ def summary_lines(metrics: Mapping[str, Any], title: str, folder: str | Path, *,
     if threshold is not None:
         lines.append(_row("at threshold", f"P({positive}) >= {threshold:.3f} (chosen on validation)"))
     lines += calibration_lines(metrics, prefix, calibration)
+    coverage = number(metrics, f"{prefix}conformal_coverage")
+    if coverage is not None:
+        def with_ci(key: str) -> str:
+            return cell(number(metrics, key), number(metrics, f"{key}_ci_low"), number(metrics, f"{key}_ci_high"))
+
+        lines.append(_row("prediction sets", f"coverage {with_ci(f'{prefix}conformal_coverage')}, "
+                                             f"mean size {with_ci(f'{prefix}conformal_set_size')}"))
     for key in sorted(k for k in metrics if k.startswith("val/") and k.endswith("_best")):
         lines.append(_row("chosen by", f"{key.removesuffix('_best')} {cell(number(metrics, key))} (best validation)"))
     if figures:

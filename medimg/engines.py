@@ -12,6 +12,7 @@ import torch
 from medimg.data.transforms import Preprocess
 from medimg.errors import ConfigError
 from medimg.evaluation.calibration import Calibration
+from medimg.evaluation.conformal import Conformal
 from medimg.evaluation.metrics import predict_labels
 from medimg.inference import TorchEngine, TrainedModel, load_trained
 from medimg.onnx_model import OnnxEngine
@@ -36,6 +37,7 @@ class Engine(Protocol):
     preprocess: Preprocess
     threshold: float | None
     calibration_note: str
+    conformal: Conformal | None  # the prediction-set rule stored with the calibration, if any
 
     @property
     def calibration(self) -> Calibration: ...

@@ -100,11 +100,12 @@ def evaluate_checkpoint(e: EvaluateSettings, rt: Runtime, dm: MedImageDataModule
     run_dir = run_dir_of(e.ckpt_path)
     out_dir = Path(e.output_dir) if e.output_dir else evaluation_dir(run_dir, dm.ds.name, e.split, run_id())
     trainer = build_eval_trainer(e.trainer, rt, e.logger, True, out_dir, "evaluate")
-    model, calibration = trained.model, trained.calibration
+    model, calibration, sets = trained.model, trained.calibration, trained.conformal
     if e.recalibrate:
-        calibration = fit_on_validation(trainer, model, dm, e.calibration)
+        calibration, sets = fit_on_validation(trainer, model, dm, e.calibration, e.evaluation.conformal)
     options = evaluation_options(e.evaluation, dm.ds.subgroup_columns, dm.ds.subgroup_bins)
-    result = evaluate_split(trainer, model, dm, e.split, calibration, resolve_views(e.tta, e.tta_views), options)
+    result = evaluate_split(trainer, model, dm, e.split, calibration, resolve_views(e.tta, e.tta_views), options,
+                            conformal=sets)
     if e.robustness:
         c = e.corruptions
         evaluate_robustness(trainer, model, dm, calibration, out_dir / "robustness", c.names, c.severities, c.seed, c.metric,

@@ -5,7 +5,8 @@ arguments, the evaluation ``preprocess`` among them) plus a ``medimg`` entry::
 
     {"phase": {...}, "phases_done": {...}, "class_names": [...], "settings": {...}, "calibration": {...} | None}
 
-(``calibration``: ``Calibration.to_dict()``, read back as a ``Calibration`` value.)
+(``calibration``: ``Calibration.to_dict()``, read back as a ``Calibration`` value; ``conformal``, when the run
+fitted prediction sets: ``Conformal.to_dict()``.)
 
 It is read with ``weights_only=True`` (tensors and plain types, never arbitrary pickles). Everything that
 predicts after training (evaluate, predict, export, explain, the Grad-CAM callback, the server) loads it with
@@ -25,6 +26,7 @@ import torch
 from medimg.data.transforms import Preprocess
 from medimg.errors import CheckpointError, UserError
 from medimg.evaluation.calibration import Calibration
+from medimg.evaluation.conformal import Conformal
 from medimg.files import read_torch, save_torch
 from medimg.models.classifier import ImageClassifier
 
@@ -84,6 +86,7 @@ class TrainedModel:
     path: Path
     state: dict[str, Any]
     calibration: Calibration
+    conformal: Conformal | None = None  # the prediction-set rule fitted with the calibration
 
     @property
     def class_names(self) -> list[str]:
@@ -134,14 +137,17 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
         raise CheckpointError(f"checkpoint {path} does not match its own model description: {e}") from e
     state = ckpt["medimg"]
     model.eval()
-    return TrainedModel(model.to(device), Path(path), state, Calibration.from_dict(state.get("calibration")))
+    conformal = Conformal.from_dict(state["conformal"]) if state.get("conformal") else None
+    return TrainedModel(model.to(device), Path(path), state, Calibration.from_dict(state.get("calibration")), conformal)
 
 
-def save_calibrated(src: str | Path, dst: str | Path, calibration: Calibration) -> Path:
-    """Copy the checkpoint ``src`` to ``dst`` with ``calibration`` stored in it (read safely, written atomically),
-    so every later prediction from ``dst`` is calibrated."""
+def save_calibrated(src: str | Path, dst: str | Path, calibration: Calibration,
+                    conformal: Conformal | None = None) -> Path:
+    """Copy the checkpoint ``src`` to ``dst`` with ``calibration`` (and the ``conformal`` rule) stored in it (read
+    safely, written atomically), so every later prediction from ``dst`` is calibrated and has its sets."""
     ckpt = load_checkpoint(src)
     ckpt["medimg"]["calibration"] = calibration.to_dict()
+    ckpt["medimg"]["conformal"] = conformal.to_dict() if conformal is not None else None
     return save_torch(ckpt, dst)
 
 
@@ -168,6 +174,7 @@ class TorchEngine:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.class_names, self.preprocess = trained.class_names, trained.preprocess
         self.threshold, self.calibration_note = trained.threshold, trained.calibration_note
+        self.conformal = trained.conformal
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device)

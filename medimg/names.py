@@ -5,6 +5,7 @@ refuse to load when the two differ. Nothing here imports anything: reading a con
 from __future__ import annotations
 
 CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "eigencam", "layercam")  # explain/gradcam.py METHODS
+CONFORMAL_SCORES = ("lac", "aps", "raps")  # evaluation/conformal/scores.py SCORES
 CALIBRATION_FITS = ("none", "temperature", "platt", "bcts", "vector", "isotonic")  # one fitted method each
 CALIBRATION_METHODS = (*CALIBRATION_FITS, "auto")  # auto: the fit with the lowest cross-validated NLL
 TTA_VIEWS = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270")  # evaluation/tta.py VIEWS

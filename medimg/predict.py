@@ -32,6 +32,7 @@ from medimg.data.inputs import collect_images, image_batches
 from medimg.data.readers import ImageLimits
 from medimg.engines import decide, open_engine
 from medimg.errors import ConfigError
+from medimg.evaluation.conformal import Conformal
 from medimg.evaluation.predictions import predictions_frame, write_predictions
 from medimg.evaluation.tta import averaged_probs, resolve_views
 from medimg.files import writable_folder
@@ -68,6 +69,8 @@ def predict(cfg: dict[str, Any]) -> PredictResult:
     if binary:
         pos = engine.class_names[1]
         print(f"decision: {pos} when P({pos}) >= {engine.threshold:.4g} (operating threshold)")
+    if engine.conformal is not None:
+        print(f"prediction sets: {engine.conformal.describe()}")
     limits = ImageLimits(p.max_image_pixels, p.max_aspect_ratio)
     batches = image_batches(paths, engine.preprocess.transform(), p.batch_size, limits, result.unreadable,
                             single=root.is_file())
@@ -78,23 +81,28 @@ def predict(cfg: dict[str, Any]) -> PredictResult:
         figures = cams.write(x, batch_paths, root, probs, decisions) if cams is not None else []
         result.figures += [str(f) for f in figures]
         done.append((batch_paths, probs, decisions))
+        named = engine.conformal.named_sets(torch.from_numpy(probs), engine.class_names) if engine.conformal else []
         for i, path in enumerate(batch_paths):
             rel = path.name if root.is_file() else str(path.relative_to(root))
             order = np.argsort(-probs[i])[:k]
             decided = f"  -> {engine.class_names[decisions[i]]}" if binary else ""
-            print(f"{rel}: " + " | ".join(f"{engine.class_names[j]} {probs[i, j]:.3f}" for j in order) + decided)
-    frame = predictions_of(done, engine.class_names)
+            print(f"{rel}: " + " | ".join(f"{engine.class_names[j]} {probs[i, j]:.3f}" for j in order) + decided
+                  + (f"  set: {{{', '.join(named[i])}}}" if engine.conformal is not None else ""))
+    frame = predictions_of(done, engine.class_names, engine.conformal)
     result.rows = frame.to_dict("records")
     result.csv_path = str(write_predictions(out_dir / "predictions.csv", frame))
     summary(result, out_dir)
     return result
 
 
-def predictions_of(batches: list[tuple[list[Path], np.ndarray, list[int]]], class_names: list[str]) -> pd.DataFrame:
-    """The ``predictions_frame`` of the predicted batches (no truth; calibrated probabilities only)."""
+def predictions_of(batches: list[tuple[list[Path], np.ndarray, list[int]]], class_names: list[str],
+                   conformal: Conformal | None = None) -> pd.DataFrame:
+    """The ``predictions_frame`` of the predicted batches (no truth; calibrated probabilities only; the
+    prediction sets of ``conformal``)."""
     paths = [p for b in batches for p in b[0]]
     probs = np.concatenate([b[1] for b in batches]) if batches else np.zeros((0, len(class_names)))
-    return predictions_frame(paths, class_names, probs, [d for b in batches for d in b[2]])
+    sets = conformal.sets(torch.from_numpy(probs)).numpy() if conformal is not None else None
+    return predictions_frame(paths, class_names, probs, [d for b in batches for d in b[2]], sets=sets)
 
 
 class CamWriter:

@@ -93,11 +93,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     bar = progress_bar_shown(s.trainer.enable_progress_bar, s.callbacks.epoch_log)
     trainer = build_eval_trainer(dataclasses.replace(s.trainer, enable_progress_bar=bar), rt, s.logger,
                                  s.callbacks.rich_progress, run_dir, "test")
-    calibration = fit_on_validation(trainer, model, dm, s.calibration)
+    calibration, sets = fit_on_validation(trainer, model, dm, s.calibration, s.evaluation.conformal)
     if trainer.is_global_zero:  # every rank took part in the evaluations; rank 0 writes
-        keep_best(run_dir, best, calibration)
+        keep_best(run_dir, best, calibration, sets)
     options = evaluation_options(s.evaluation, s.dataset.subgroup_columns, s.dataset.subgroup_bins)
-    result = evaluate_split(trainer, model, dm, "test", calibration, options=options) if s.test else None
+    result = evaluate_split(trainer, model, dm, "test", calibration, options=options, conformal=sets) if s.test else None
     metrics = dict(result.metrics) if result else {}
     if best_score is not None:  # what a search should rank by: validation, not test (also with test=false)
         metrics[f"{s.monitor}_best"] = best_score

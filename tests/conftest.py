@@ -163,8 +163,8 @@ def interrupt_at(monkeypatch, phase: str, epoch: int) -> None:
 
 def calibration_of(method: str, **keys):
     """The ``calibration`` settings of ``calibration=<method>`` (its YAML) with ``keys`` set on top."""
+    from medimg.config.evaluation import CalibrationSettings
     from medimg.config.schema import read
-    from medimg.config.training import CalibrationSettings
 
     cfg = compose_train(Path("/nonexistent"), Path("/nonexistent"), [f"calibration={method}"])
     from omegaconf import OmegaConf

@@ -83,8 +83,8 @@ def test_platt_on_a_multiclass_task_falls_back_to_temperature(caplog):
 
 
 def test_auto_and_bcts_through_the_pipeline_with_intervals_subgroups_and_curves(tmp_path):
+    from medimg.config.evaluation import EvaluationSettings
     from medimg.config.schema import read
-    from medimg.config.training import EvaluationSettings
     from medimg.evaluation.analyses import analyse, evaluation_options
     from medimg.files import write_json
 
@@ -98,7 +98,8 @@ def test_auto_and_bcts_through_the_pipeline_with_intervals_subgroups_and_curves(
     ev = evaluation_from_outputs(test, table, CLASSES, state)
     block = {"bootstrap_resamples": 200, "interval_level": 0.95, "bootstrap_seed": 0,
              "subgroup_metrics": ["accuracy", "sensitivity"], "subgroup_min_images": 50,
-             "gallery_per_class": 2, "gallery_method": "gradcam", "gallery_layer": None}
+             "gallery_per_class": 2, "gallery_method": "gradcam", "gallery_layer": None,
+             "conformal": {"alpha": 0.1, "score": "aps", "mondrian": False}}
     options = evaluation_options(read(EvaluationSettings, block, "evaluation"), ["scanner"], None)
     before = dict(ev.metrics)
     analysed = analyse(ev, options)

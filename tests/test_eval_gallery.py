@@ -96,15 +96,16 @@ def _evaluation(n: int = 24):
 
 def _options(evaluation: dict, subgroup_columns: list[str]):
     """The ``evaluation`` block read as a command reads it, with the data set's subgroup columns."""
+    from medimg.config.evaluation import EvaluationSettings
     from medimg.config.schema import read
-    from medimg.config.training import EvaluationSettings
 
     return evaluation_options(read(EvaluationSettings, evaluation, "evaluation"), subgroup_columns, None)
 
 
 OPTIONS = {"bootstrap_resamples": 100, "interval_level": 0.9, "bootstrap_seed": 0,
            "subgroup_metrics": ["accuracy"], "subgroup_min_images": 5, "gallery_per_class": 2,
-           "gallery_method": "gradcam", "gallery_layer": "layer4"}
+           "gallery_method": "gradcam", "gallery_layer": "layer4",
+           "conformal": {"alpha": 0.1, "score": "lac", "mondrian": False}}
 
 
 def test_gallery_through_the_evaluation_files(tmp_path):

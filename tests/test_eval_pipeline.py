@@ -68,9 +68,17 @@ def test_run_writes_metrics_predictions_figures_report(trained):
         assert f"(figures/{name}.png)" in report
 
     pred = pd.read_csv(run / "predictions.csv")
-    expected_cols = ["path", "label", "prediction", "probability", *[f"p_{c}" for c in classes],
+    expected_cols = ["path", "label", "prediction", "probability", "prediction_set", *[f"p_{c}" for c in classes],
                      *[f"p_uncalibrated_{c}" for c in classes]]
     assert list(pred.columns) == expected_cols
+    # the conformal sets (evaluation.conformal, fitted on validation): coverage and size as the file says
+    held = [label in str(s).split("|") for label, s in zip(pred["label"], pred["prediction_set"])]
+    assert saved["test/conformal_coverage"] == pytest.approx(sum(held) / len(held), abs=1e-9)
+    sizes = [len(str(s).split("|")) if isinstance(s, str) and s else 0 for s in pred["prediction_set"]]
+    assert saved["test/conformal_set_size"] == pytest.approx(sum(sizes) / len(sizes), abs=1e-9)
+    assert saved["test/conformal_coverage_ci_low"] <= saved["test/conformal_coverage"] <= saved["test/conformal_coverage_ci_high"]
+    stored = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["medimg"]["conformal"]
+    assert stored["score"] == "lac" and stored["alpha"] == 0.1 and "prediction sets" in report
     assert pred["path"].is_unique and len(pred) == sum(saved[f"test/per_class/{c}/support"] for c in classes)
     # the files agree with each other: metrics recomputed from predictions.csv (8 significant digits) with scikit-learn
     y = pred["label"].map(classes.index).to_numpy()

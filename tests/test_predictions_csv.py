@@ -58,7 +58,7 @@ def test_predict_and_evaluate_write_the_same_columns(tiny_ckpt, data_dir, tmp_pa
     predicted = pd.read_csv(res.csv_path)
 
     assert "label" in evaluated and any(c.startswith("p_uncalibrated_") for c in evaluated)  # calibrated model
-    fixed = {"path", "prediction", "probability"}
+    fixed = {"path", "prediction", "probability", "prediction_set"}
     shared = [c for c in evaluated.columns if c in fixed or (c.startswith("p_") and not c.startswith("p_uncal"))]
     assert list(predicted.columns) == shared  # less label, metadata (none in the synthetic set), p_uncalibrated_*
     # and the same numbers for the same images: the final (calibrated) probabilities and decisions

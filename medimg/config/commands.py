@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from medimg.config.dataset import DatasetSettings
+from medimg.config.evaluation import CalibrationSettings, EvaluationSettings
 from medimg.config.schema import one_of, positive, require
-from medimg.config.training import CalibrationSettings, EvaluationSettings, PathSettings, TrainerSettings
+from medimg.config.training import PathSettings, TrainerSettings
 from medimg.names import CAM_METHODS, ENGINES, TTA_VIEWS
 
 

@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medimg.config.dataset import DatasetSettings
+from medimg.config.evaluation import CalibrationSettings, EvaluationSettings
 from medimg.config.schema import auto_or_bool, one_of, positive, read, require
 from medimg.config.trainer_args import check_trainer_arguments
-from medimg.names import CALIBRATION_FITS, CALIBRATION_METHODS, CAM_METHODS, PRECISIONS, VALIDATION_METRICS
+from medimg.names import CAM_METHODS, PRECISIONS, VALIDATION_METRICS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("cosine", "step", "plateau", "none")
@@ -208,56 +209,6 @@ class CallbackSettings:
     epoch_log: Any                # auto | true | false: one line per epoch on the console (training/epoch_log.py)
     throughput: bool
     gradcam: GradCamLogSettings
-
-
-@dataclass(frozen=True)
-class SelectionSettings:
-    candidates: list[str]         # the fits calibration=auto compares
-    folds: int                    # cross-validation folds of the validation split
-    seed: int                     # seeds the fold assignment
-
-    def check(self, where: str) -> None:
-        require(len(self.candidates) > 0, f"{where}.candidates", "must name at least one method")
-        for c in self.candidates:
-            one_of(c, CALIBRATION_FITS, f"{where}.candidates")
-        require(self.folds >= 2, f"{where}.folds", f"cross-validation needs at least 2 folds, got {self.folds}")
-
-
-@dataclass(frozen=True)
-class CalibrationSettings:
-    method: str
-    threshold: Any                # youden | target_sensitivity | a number in (0, 1)
-    target_sensitivity: float
-    max_iter: int
-    selection: SelectionSettings | None  # calibration=auto: candidates, folds, seed
-
-    def check(self, where: str) -> None:
-        one_of(self.method, CALIBRATION_METHODS, f"{where}.method")
-        positive(self.max_iter, f"{where}.max_iter")
-        require(self.method != "auto" or self.selection is not None, f"{where}.selection",
-                "calibration.method=auto needs the candidates, folds and seed keys (calibration=auto has them)")
-        ok = self.threshold in ("youden", "target_sensitivity") or (
-            isinstance(self.threshold, float | int) and 0 < self.threshold < 1)
-        require(ok, f"{where}.threshold", f"must be youden, target_sensitivity or a number in (0, 1), "
-                                          f"got {self.threshold!r}")
-        require(0 < self.target_sensitivity <= 1, f"{where}.target_sensitivity", "must be in (0, 1]")
-
-
-@dataclass(frozen=True)
-class EvaluationSettings:
-    bootstrap_resamples: int
-    interval_level: float
-    bootstrap_seed: int
-    subgroup_metrics: list[str]
-    subgroup_min_images: int
-    gallery_per_class: int
-    gallery_method: str
-    gallery_layer: str | None
-
-    def check(self, where: str) -> None:
-        require(0 < self.interval_level < 1, f"{where}.interval_level", "must be in (0, 1), e.g. 0.95")
-        require(self.bootstrap_resamples >= 0, f"{where}.bootstrap_resamples", "must be >= 0")
-        one_of(self.gallery_method, CAM_METHODS, f"{where}.gallery_method")
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 from torchvision.transforms import v2
 
-from medimg.config.training import EvaluationSettings
+from medimg.config.evaluation import EvaluationSettings
 from medimg.errors import UserError
 from medimg.evaluation.bootstrap import interval_metrics
+from medimg.evaluation.conformal import set_metrics
 from medimg.evaluation.error_gallery import Gallery, gallery_pictures, select_gallery
 from medimg.evaluation.subgroups import SubgroupAudit, subgroup_audit
 
@@ -55,8 +56,12 @@ def evaluation_options(settings: EvaluationSettings, subgroup_columns: Sequence[
 
 
 def interval_entries(ev: Evaluation, options: EvaluationOptions) -> dict[str, float]:
-    return interval_metrics(ev.raw_probs, ev.final_probs, ev.targets, ev.calibration, options.bootstrap,
-                            prefix=f"{ev.split}/")
+    b = options.bootstrap
+    out = interval_metrics(ev.raw_probs, ev.final_probs, ev.targets, ev.calibration, b, prefix=f"{ev.split}/")
+    if ev.sets is not None and b["bootstrap_resamples"] > 0:  # coverage and set size with their intervals
+        out.update(set_metrics(ev.sets, ev.targets, ev.class_names, b["bootstrap_resamples"], b["interval_level"],
+                               b["bootstrap_seed"], prefix=f"{ev.split}/"))
+    return out
 
 
 def subgroup_result(ev: Evaluation, options: EvaluationOptions) -> tuple[SubgroupAudit | None, list[str]]:

@@ -28,16 +28,17 @@ import pandas as pd
 import torch
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
-from medimg.config.training import CalibrationSettings
+from medimg.config.evaluation import CalibrationSettings, ConformalSettings
 from medimg.errors import ConfigError
 from medimg.evaluation import plots
 from medimg.evaluation.analyses import EvaluationOptions, analyse
 from medimg.evaluation.calibration import Calibration, fit_settings
+from medimg.evaluation.conformal import Conformal, set_metrics
 from medimg.evaluation.error_gallery import Gallery, gallery_figures
 from medimg.evaluation.learning_curves import learning_curves_from
 from medimg.evaluation.metrics import classification_metrics, confusion_matrix
 from medimg.evaluation.predictions import SplitOutputs, collect_outputs, predictions_table, write_predictions
-from medimg.evaluation.report import subgroup_lines, write_report
+from medimg.evaluation.report import conformal_lines, subgroup_lines, write_report
 from medimg.evaluation.subgroups import SubgroupAudit
 from medimg.files import write_csv, write_json
 
@@ -55,12 +56,30 @@ def split_loader(dm, split: str):
     raise ConfigError(f"split={split!r} cannot be evaluated; choose val or test")
 
 
-def fit_on_validation(trainer: L.Trainer, model, dm, cal: CalibrationSettings) -> Calibration:
-    """Calibrate ``model`` on the validation split (all ranks take part; all get the same result)."""
+def fit_on_validation(trainer: L.Trainer, model, dm, cal: CalibrationSettings,
+                      sets: ConformalSettings | None = None) -> tuple[Calibration, Conformal | None]:
+    """Calibrate ``model`` on the validation split, and fit the conformal rule of ``sets`` on its calibrated
+    probabilities (all ranks take part; all get the same result)."""
     outputs = collect_outputs(trainer, model, dm.val_dataloader(), expected_rows=len(dm.split_table("val")))
-    calibration = fit_settings(cal, outputs.logits[0], outputs.targets)
+    logits = outputs.logits[0]
+    calibration = fit_settings(cal, logits, outputs.targets)
     log.info("calibration: %s", calibration.describe())
-    return calibration
+    return calibration, fit_conformal(sets, calibration.probs(logits.double()), outputs.targets)
+
+
+def fit_conformal(sets: ConformalSettings | None, probs: torch.Tensor, targets: torch.Tensor) -> Conformal | None:
+    """The conformal rule of ``sets`` fitted on validation probabilities; None without one. A validation split
+    too small for its alpha is logged as an error (the run keeps what it trained) and gives no sets."""
+    if sets is None or sets.alpha is None:
+        return None
+    try:
+        rule = Conformal.fit(probs, targets, sets.score, sets.alpha, sets.mondrian,
+                             fitted_on=f"validation split ({len(targets)} images; the calibrator's own)")
+    except ConfigError as e:
+        log.error("no conformal prediction sets: %s", e)
+        return None
+    log.info("conformal sets: %s", rule.describe())
+    return rule
 
 
 def split_metrics(raw: torch.Tensor, final: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str],
@@ -93,6 +112,8 @@ class Evaluation:
     calibration: Calibration
     metrics: Mapping[str, float]
     predictions: pd.DataFrame
+    conformal: Conformal | None = None
+    sets: torch.Tensor | None = None  # N x C: each image's conformal prediction set
     views: Sequence[str] = ("identity",)
     rows: torch.Tensor | None = None
     table: pd.DataFrame | None = None
@@ -115,14 +136,16 @@ class Evaluation:
 
 
 def evaluate_split(trainer: L.Trainer, model, dm, split: str, calibration: Calibration,
-                   views: Sequence[str] = ("identity",), options: EvaluationOptions | None = None) -> Evaluation:
+                   views: Sequence[str] = ("identity",), options: EvaluationOptions | None = None,
+                   conformal: Conformal | None = None) -> Evaluation:
     """Predict ``split`` with ``model`` under ``calibration``, on every rank; score it. With ``options``:
     bootstrap intervals and the subgroup audit (every rank), the error gallery (rank 0)."""
     table = dm.split_table(split)
     outputs = collect_outputs(trainer, model, split_loader(dm, split), views, expected_rows=len(table))
     with torch.no_grad():
         loss = float(model.loss(outputs.mean_logits().float(), outputs.targets))
-    ev = evaluation_from_outputs(outputs, table, model.class_names, calibration, split, views, {f"{split}/loss": loss})
+    ev = evaluation_from_outputs(outputs, table, model.class_names, calibration, split, views, {f"{split}/loss": loss},
+                                 conformal)
     if options is not None:
         gallery_model = model if trainer.is_global_zero else None
         ev = analyse(ev, options, gallery_model, dm.datasets[split], dm.eval_tf)
@@ -131,16 +154,21 @@ def evaluate_split(trainer: L.Trainer, model, dm, split: str, calibration: Calib
 
 def evaluation_from_outputs(outputs: SplitOutputs, table: pd.DataFrame, class_names: Sequence[str],
                             calibration: Calibration, split: str = "test",
-                            views: Sequence[str] = ("identity",), extra: Mapping[str, float] | None = None) -> Evaluation:
+                            views: Sequence[str] = ("identity",), extra: Mapping[str, float] | None = None,
+                            conformal: Conformal | None = None) -> Evaluation:
     """The evaluation of ``outputs`` under ``calibration``: probabilities, metrics (with ``extra`` ones such as
-    the loss) and predictions, computed once."""
+    the loss), the ``conformal`` rule's sets and predictions, computed once."""
     raw, final = outputs.probs(None), outputs.probs(calibration)
     metrics = {**split_metrics(raw, final, outputs.targets, class_names, calibration, prefix=f"{split}/"),
                **(extra or {})}
+    sets = conformal.sets(final) if conformal is not None else None
+    if sets is not None:  # the values; analyse() adds their intervals
+        metrics.update(set_metrics(sets, outputs.targets, class_names, resamples=0, prefix=f"{split}/"))
     return Evaluation(split=split, class_names=list(class_names), targets=outputs.targets, raw_probs=raw,
                       final_probs=final, calibration=calibration, metrics=metrics,
-                      predictions=predictions_table(outputs, table, class_names, calibration), views=list(views),
-                      rows=outputs.rows, table=table.iloc[outputs.rows.numpy()].reset_index(drop=True))
+                      predictions=predictions_table(outputs, table, class_names, calibration, sets), views=list(views),
+                      rows=outputs.rows, table=table.iloc[outputs.rows.numpy()].reset_index(drop=True),
+                      conformal=conformal, sets=sets)
 
 
 def evaluation_figures(ev: Evaluation) -> dict[str, Any]:
@@ -193,6 +221,7 @@ def write_evaluation(ev: Evaluation, out_dir: Path, loggers: Sequence[Logger] = 
         figures["learning_curves"] = curves
     facts = [*facts, ("split", f"{ev.split} ({len(ev.targets)} images)"),
              ("calibration", ev.calibration.describe()),
+             *([("prediction sets", ev.conformal.describe())] if ev.conformal is not None else []),
              ("test-time augmentation", ", ".join(ev.views) if len(ev.views) > 1 else "off")]
     try:
         paths = plots.save_figures(figures, out_dir / "figures")
@@ -200,7 +229,11 @@ def write_evaluation(ev: Evaluation, out_dir: Path, loggers: Sequence[Logger] = 
     finally:
         plots.close_figures(figures)
     files["report"] = write_report(out_dir / "report.md", title, facts, ev.metrics, ev.class_names, paths,
-                                   prefix=f"{ev.split}/", sections=subgroup_lines(ev.subgroups, ev.notes))
+                                   prefix=f"{ev.split}/", sections=[
+                                       *conformal_lines(ev.metrics, ev.class_names,
+                                                        ev.conformal.describe() if ev.conformal else None,
+                                                        prefix=f"{ev.split}/"),
+                                       *subgroup_lines(ev.subgroups, ev.notes)])
     return {**files, **paths}
 
 

@@ -101,30 +101,41 @@ def collect_outputs(trainer: L.Trainer, model: L.LightningModule, loader, views:
 
 
 def predictions_table(outputs: SplitOutputs, split_table: pd.DataFrame, class_names: Sequence[str],
-                      calibration: Calibration) -> pd.DataFrame:
-    """The ``predictions_frame`` of a split's ``outputs`` under ``calibration`` (evaluate, a run's test split)."""
+                      calibration: Calibration, sets: torch.Tensor | None = None) -> pd.DataFrame:
+    """The ``predictions_frame`` of a split's ``outputs`` under ``calibration`` (evaluate, a run's test split),
+    with the conformal prediction ``sets`` when there are any."""
     final = outputs.probs(calibration)
     return split_predictions(split_table, outputs.rows, outputs.targets, class_names, final,
-                             calibration.threshold, outputs.probs(None) if calibration.is_calibrated else None)
+                             calibration.threshold, outputs.probs(None) if calibration.is_calibrated else None, sets)
 
 
 def split_predictions(split_table: pd.DataFrame, rows: torch.Tensor, targets: torch.Tensor,
                       class_names: Sequence[str], final: torch.Tensor, threshold: float | None,
-                      uncalibrated: torch.Tensor | None = None) -> pd.DataFrame:
+                      uncalibrated: torch.Tensor | None = None, sets: torch.Tensor | None = None) -> pd.DataFrame:
     """The ``predictions_frame`` of rows ``rows`` of a split table: their paths, labels and metadata; the
     decisions from the ``final`` probabilities (binary: at ``threshold``)."""
     rows = rows.numpy()
     return predictions_frame(split_table["path"].to_numpy()[rows], class_names, final,
                              predict_labels(final, threshold), labels=targets, uncalibrated=uncalibrated,
-                             meta=split_table[metadata_columns(split_table)].iloc[rows])
+                             meta=split_table[metadata_columns(split_table)].iloc[rows], sets=sets)
+
+
+def set_column(sets, probs: np.ndarray, names: Sequence[str]) -> list[str]:
+    """Each image's prediction set as class names joined by ``|``, the most probable first."""
+    sets = np.asarray(sets, dtype=bool).reshape(probs.shape)
+    return ["|".join(names[k] for k in np.argsort(-p, kind="stable") if s[k]) for p, s in zip(probs, sets)]
 
 
 def predictions_frame(paths: Sequence[Any], class_names: Sequence[str], probs, decisions, labels=None,
-                      uncalibrated=None, meta: pd.DataFrame | None = None) -> pd.DataFrame:
+                      uncalibrated=None, meta: pd.DataFrame | None = None, sets=None) -> pd.DataFrame:
     """The one layout of ``predictions.csv`` (predict, evaluate, a run's test split, the CV ensemble), a row
     per image::
 
-        path, [label], prediction, probability, [metadata columns], p_<class>..., [p_uncalibrated_<class>...]
+        path, [label], prediction, probability, [prediction_set], [metadata columns], p_<class>...,
+        [p_uncalibrated_<class>...]
+
+    ``prediction_set`` (with a conformal rule, ``sets`` ``(N, C)`` booleans): the classes the set holds at its
+    coverage, ``|``-separated, the most probable first.
 
     ``prediction`` is the final decision (``decisions``: class indices from the calibrated probabilities and,
     for binary models, the operating threshold), ``probability`` the final probability of that class,
@@ -142,6 +153,8 @@ def predictions_frame(paths: Sequence[Any], class_names: Sequence[str], probs, d
         columns["label"] = [names[int(t)] for t in labels]
     columns["prediction"] = [names[d] for d in decisions]
     columns["probability"] = probs[np.arange(len(probs)), decisions]
+    if sets is not None:
+        columns["prediction_set"] = set_column(sets, probs, names)
     probabilities = {f"p_{c}": probs[:, k] for k, c in enumerate(names)}
     if uncalibrated is not None:
         raw = np.asarray(uncalibrated, dtype=np.float64).reshape(-1, len(names))

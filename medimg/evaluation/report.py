@@ -4,7 +4,7 @@ calibration, subgroup audit, embedded figures)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from medimg.files import write_text
@@ -86,6 +86,26 @@ def metrics_table(metrics: dict[str, float], prefix: str = "test/") -> list[str]
         lines += ["", "Binary decision at the operating threshold (on calibrated probabilities, positive class = "
                       "the second class):", "", "| | value |", "|---|---:|"]
         lines += [f"| {label} | {with_interval(metrics, key)} |" for label, key in op]
+    return lines
+
+
+def conformal_lines(metrics: Mapping[str, float], class_names: Sequence[str], described: str | None,
+                    prefix: str = "test/") -> list[str]:
+    """The conformal prediction sets: the rule, coverage against its target and mean set size (with intervals),
+    and per class coverage; nothing without sets."""
+    if described is None or f"{prefix}conformal_coverage" not in metrics:
+        return []
+
+    def value(key: str) -> str:
+        lo, hi = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+        return f"{metrics[key]:.4f}" + (f" [{lo:.4f}, {hi:.4f}]" if lo is not None and hi is not None else "")
+
+    lines = ["## Prediction sets", "", f"Rule: {described}. Each set holds the classes the model cannot rule out; "
+             "coverage is the share of test images whose true class is in their set.", "",
+             "| | value [interval] |", "|---|---|",
+             f"| coverage | {value(prefix + 'conformal_coverage')} |", f"| mean set size | {value(prefix + 'conformal_set_size')} |",
+             *[f"| coverage of {c} | {value(f'{prefix}per_class/{c}/conformal_coverage')} |" for c in class_names
+               if f"{prefix}per_class/{c}/conformal_coverage" in metrics], ""]
     return lines
 
 

@@ -83,6 +83,13 @@ class Decision(BaseModel):
     positive: bool = Field(description="P(positive_class) >= threshold")
 
 
+class PredictionSet(BaseModel):
+    classes: list[str] = Field(description="the set, the most probable class first")
+    coverage: float = Field(description="the share of images whose true class the sets hold, by construction "
+                                        "(1 - alpha), on images like the validation images")
+    text: str = Field(description="the set in words, e.g. 'at 90% coverage: melanoma, nevus'")
+
+
 class ImageResult(BaseModel):
     filename: str
     prediction: str = Field(description="the decided class: the threshold rule for binary models that have one, "
@@ -91,6 +98,9 @@ class ImageResult(BaseModel):
     probabilities: dict[str, float] = Field(description="every class, in the model's class order")
     top_k: list[ClassProbability] = Field(description="the k most probable classes, most probable first")
     decision: Decision | None = Field(description="binary models with an operating threshold; else null")
+    prediction_set: PredictionSet | None = Field(
+        default=None, description="the classes the model cannot rule out at the stated coverage (a conformal "
+                                  "prediction set fitted on the training run's validation images); null without one")
 
 
 class PredictResponse(BaseModel):

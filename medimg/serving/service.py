@@ -26,6 +26,7 @@ from medimg.serving.schemas import (
     ImageResult,
     Limits,
     Metadata,
+    PredictionSet,
     Preprocessing,
 )
 from medimg.serving.uploads import UploadLimits
@@ -88,7 +89,8 @@ class ServedModel:
     def results(self, filenames: list[str], probs: np.ndarray, top_k: int) -> list[ImageResult]:
         names, k = self.class_names, max(1, min(top_k, len(self.class_names)))
         out = []
-        for name, p, d in zip(filenames, probs, decide(probs, self.threshold)):
+        sets = self.prediction_sets(probs)
+        for i, (name, p, d) in enumerate(zip(filenames, probs, decide(probs, self.threshold))):
             order = np.argsort(-p)[:k]
             decision = None if self.threshold is None else Decision(
                 positive_class=names[1], threshold=self.threshold, positive=bool(d == 1))
@@ -96,8 +98,17 @@ class ServedModel:
                 filename=name, prediction=names[d], probability=float(p[d]),
                 probabilities={c: float(p[j]) for j, c in enumerate(names)},
                 top_k=[ClassProbability(class_name=names[j], probability=float(p[j])) for j in order],
-                decision=decision))
+                decision=decision, prediction_set=sets[i] if sets else None))
         return out
+
+    def prediction_sets(self, probs: np.ndarray) -> list[PredictionSet]:
+        """Each image's conformal prediction set (none without a stored rule)."""
+        rule = self.engine.conformal
+        if rule is None:
+            return []
+        coverage = 1 - rule.alpha
+        return [PredictionSet(classes=s, coverage=coverage, text=f"at {coverage:.0%} coverage: {', '.join(s)}")
+                for s in rule.named_sets(torch.from_numpy(np.asarray(probs)), self.class_names)]
 
     def explain_png(self, x: torch.Tensor, target: str | None) -> tuple[bytes, str, float]:
         """The Grad-CAM overlay of the one image in ``x`` for ``target`` (None: the decided class) as PNG bytes,

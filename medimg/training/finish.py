@@ -14,16 +14,18 @@ from medimg.config.schema import as_dict, flatten
 from medimg.config.training import TrainSettings
 from medimg.console import print_summary, summary_lines, tensorboard_in
 from medimg.evaluation.calibration import Calibration
+from medimg.evaluation.conformal import Conformal
 from medimg.evaluation.evaluator import Evaluation, write_evaluation
 from medimg.files import write_json
 from medimg.inference import save_calibrated
 from medimg.run_info import run_info
 
 
-def keep_best(run_dir: Path, best: str | None, calibration: Calibration) -> None:
-    """``checkpoints/best.ckpt``: the best phase's weights with the calibration fitted on validation."""
+def keep_best(run_dir: Path, best: str | None, calibration: Calibration, conformal: Conformal | None = None) -> None:
+    """``checkpoints/best.ckpt``: the best phase's weights with the calibration (and conformal rule) fitted on
+    validation."""
     if best:
-        save_calibrated(best, run_dir / "checkpoints" / "best.ckpt", calibration)
+        save_calibrated(best, run_dir / "checkpoints" / "best.ckpt", calibration, conformal)
 
 
 def finish_run(s: TrainSettings, run_dir: Path, best: str | None, result: Evaluation | None,

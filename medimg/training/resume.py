@@ -22,7 +22,7 @@ log = logging.getLogger("medimg.train")
 
 # settings a resume may change (dotted prefixes); stage.phases.<unfinished>.{epochs,patience} are checked apart
 MAY_CHANGE = ("ckpt_path", "task_name", "test", "optimized_metric", "paths.", "trainer.", "logger", "callbacks.",
-              "calibration.", "dataset.num_workers", "dataset.eval_batch_size", "dataset.pin_memory",
+              "calibration.", "evaluation.", "dataset.num_workers", "dataset.eval_batch_size", "dataset.pin_memory",
               "dataset.cache", "dataset.scan_files")
 
 

@@ -7,8 +7,8 @@ import logging
 
 import torch
 
+from medimg.config.evaluation import CalibrationSettings
 from medimg.config.schema import as_dict
-from medimg.config.training import CalibrationSettings
 from medimg.evaluation.calibration.base import Calibration
 from medimg.evaluation.calibration.selection import fit_calibration
 from medimg.evaluation.calibration.threshold import choose_threshold

@@ -10,6 +10,9 @@ on a test split with bootstrap intervals; ``coverage_curve`` both over a grid of
 from medimg.evaluation.conformal.coverage import coverage_curve, set_metrics, set_table
 from medimg.evaluation.conformal.rule import Conformal, check_settings, set_names
 from medimg.evaluation.conformal.scores import SCORES, needed_images
+from medimg.names import CONFORMAL_SCORES, same_names
+
+same_names(dict.fromkeys(SCORES), CONFORMAL_SCORES, "conformal scores")
 
 __all__ = ["SCORES", "Conformal", "check_settings", "coverage_curve", "needed_images", "set_metrics",
            "set_names", "set_table"]
