@@ -28,7 +28,7 @@ RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -e . \
 
 # A user without privileges; everything it writes (the server's log folder, library caches) goes to its home.
 RUN useradd --create-home --uid 10001 medimg
-USER medimg
+USER 10001
 ENV MEDIMG_ROOT=/home/medimg/work \
     MPLCONFIGDIR=/home/medimg/.cache/matplotlib \
     TORCH_HOME=/home/medimg/.cache/torch

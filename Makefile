@@ -16,18 +16,28 @@ GPU_PYTHON ?= python3
 GPU_WHEELS ?= hydra-core omegaconf antlr4-python3-runtime grad-cam ttach pydicom
 GPU_BINARY_WHEELS ?=
 
-.PHONY: help install train test test-fast lint format tensorboard download serve benchmark gpu-wheels gpu-check clean
+.PHONY: help install lock notebook train test test-fast lint format tensorboard download serve benchmark gpu-wheels gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# the versions tested together: requirements.lock (pip-compile of pyproject.toml's dependencies and dev extra)
+$(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet -r requirements.lock
+	$(PIP) install --quiet --no-deps -e .
 	touch $@
 
-install: $(VENV)/.installed  ## create .venv and install medimg with its dependencies
+install: $(VENV)/.installed  ## create .venv and install medimg with the pinned versions of requirements.lock
+
+lock: install  ## re-pin requirements.lock after a change to pyproject.toml (pins that still fit are kept)
+	$(VENV)/bin/pip-compile --quiet --extra dev --strip-extras --no-emit-index-url --no-emit-find-links \
+		--output-file requirements.lock pyproject.toml
+	$(PIP) install --quiet -r requirements.lock
+
+notebook: install  ## run notebooks/quickstart.ipynb top to bottom (CPU, a few minutes)
+	MPLBACKEND=Agg $(PY) -m pytest -q --nbmake --nbmake-timeout=900 notebooks/quickstart.ipynb
 
 train: install  ## train on the built-in synthetic data set (CPU, a few minutes); ARGS= adds overrides
 	$(PY) -m medimg.train experiment=synthetic $(ARGS)

@@ -1,0 +1,65 @@
+"""The files that install and check medimg elsewhere: requirements.lock pins what pyproject.toml asks for and is
+what this environment runs; the Dockerfile passes hadolint; the notebook is committed without outputs."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def lock_pins() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9_.\-]+)==(\S+)", line)
+        if m:
+            pins[m.group(1).lower().replace("_", "-")] = m.group(2)
+    return pins
+
+
+def test_the_lock_pins_every_requirement_within_its_range():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = lock_pins()
+    wanted = [Requirement(r) for r in [*project["dependencies"], *project["optional-dependencies"]["dev"]]]
+    for req in wanted:
+        name = req.name.lower().replace("_", "-")
+        assert name in pins, f"{req.name} is not in requirements.lock: run make lock"
+        assert req.specifier.contains(pins[name], prereleases=True), \
+            f"requirements.lock pins {name}=={pins[name]}, outside {req}: run make lock"
+    text = (ROOT / "requirements.lock").read_text()
+    assert "--index-url" not in text and "--find-links" not in text  # no machine's own package sources
+
+
+def test_this_environment_runs_the_locked_versions():
+    differ = {}
+    for name, version in lock_pins().items():
+        try:
+            have = md.version(name)
+        except md.PackageNotFoundError:
+            differ[name] = (version, None)
+            continue
+        if have.split("+")[0] != version.split("+")[0]:  # a local build tag (torch's +cpu / +cu130) aside
+            differ[name] = (version, have)
+    assert not differ, f"installed versions differ from requirements.lock (make install): {differ}"
+
+
+def test_the_dockerfile_passes_hadolint():
+    hadolint = Path(sys.executable).with_name("hadolint")
+    proc = subprocess.run([str(hadolint), "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_notebook_is_committed_without_outputs():
+    nb = json.loads((ROOT / "notebooks" / "quickstart.ipynb").read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert code and all(not c["outputs"] and c["execution_count"] is None for c in code), \
+        "notebooks/quickstart.ipynb has outputs: clear them before committing (the notebook is run by make notebook)"
