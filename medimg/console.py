@@ -117,6 +117,24 @@ def calibration_lines(metrics: Mapping[str, Any], prefix: str, method: str | Non
     return [_row("calibration", head), _row("ECE", ece), _row("NLL", nll)]
 
 
+def _with_ci(metrics: Mapping[str, Any], key: str) -> str:
+    return cell(number(metrics, key), number(metrics, f"{key}_ci_low"), number(metrics, f"{key}_ci_high"))
+
+
+def referral_lines(metrics: Mapping[str, Any], prefix: str) -> list[str]:
+    """One line: the share referred and the accuracy of the rest against the target, or AURC without a rule."""
+    threshold, target = number(metrics, f"{prefix}referral_threshold"), number(metrics, f"{prefix}referral_target")
+    if threshold is not None and target is not None and number(metrics, f"{prefix}referred_share") is not None:
+        rest = number(metrics, f"{prefix}accuracy_not_referred")
+        kept = (f"; accuracy of the rest {_with_ci(metrics, f'{prefix}accuracy_not_referred')} (target {target:g})"
+                if rest is not None else "; every image referred")
+        rule = f"confidence < {threshold:.3f}" if threshold > 0 else "none needed on validation"
+        return [_row("referred", f"{_with_ci(metrics, f'{prefix}referred_share')} ({rule})" + kept)]
+    if number(metrics, f"{prefix}selective_aurc") is not None:
+        return [_row("selective", f"AURC {_with_ci(metrics, f'{prefix}selective_aurc')} (no referral rule)")]
+    return []
+
+
 def summary_lines(metrics: Mapping[str, Any], title: str, folder: str | Path, *, prefix: str = "test/",
                   level: float = LEVEL, calibration: str | None = None, report: bool = True,
                   tensorboard: bool = True, folder_label: str = "run folder", metrics_file: str = "metrics.json",
@@ -141,11 +159,9 @@ def summary_lines(metrics: Mapping[str, Any], title: str, folder: str | Path, *,
     lines += calibration_lines(metrics, prefix, calibration)
     coverage = number(metrics, f"{prefix}conformal_coverage")
     if coverage is not None:
-        def with_ci(key: str) -> str:
-            return cell(number(metrics, key), number(metrics, f"{key}_ci_low"), number(metrics, f"{key}_ci_high"))
-
-        lines.append(_row("prediction sets", f"coverage {with_ci(f'{prefix}conformal_coverage')}, "
-                                             f"mean size {with_ci(f'{prefix}conformal_set_size')}"))
+        lines.append(_row("prediction sets", f"coverage {_with_ci(metrics, f'{prefix}conformal_coverage')}, "
+                                             f"mean size {_with_ci(metrics, f'{prefix}conformal_set_size')}"))
+    lines += referral_lines(metrics, prefix)
     for key in sorted(k for k in metrics if k.startswith("val/") and k.endswith("_best")):
         lines.append(_row("chosen by", f"{key.removesuffix('_best')} {cell(number(metrics, key))} (best validation)"))
     if figures:

@@ -14,6 +14,7 @@ from medimg.errors import ConfigError
 from medimg.evaluation.calibration import Calibration
 from medimg.evaluation.conformal import Conformal
 from medimg.evaluation.metrics import predict_labels
+from medimg.evaluation.selective import ReferralRule
 from medimg.inference import TorchEngine, TrainedModel, load_trained
 from medimg.onnx_model import OnnxEngine
 
@@ -38,6 +39,7 @@ class Engine(Protocol):
     threshold: float | None
     calibration_note: str
     conformal: Conformal | None  # the prediction-set rule stored with the calibration, if any
+    referral: ReferralRule | None  # the referral rule stored with it, if any
 
     @property
     def calibration(self) -> Calibration: ...

@@ -35,10 +35,11 @@ from medimg.errors import MissingDataError
 from medimg.evaluate_folds import evaluate_folds
 from medimg.evaluation.analyses import evaluation_options
 from medimg.evaluation.cross_validation import find_fold_runs
-from medimg.evaluation.evaluator import evaluate_split, fit_on_validation, write_evaluation
+from medimg.evaluation.evaluator import evaluate_split, write_evaluation
 from medimg.evaluation.robustness import evaluate_robustness
 from medimg.evaluation.runs import dataset_of_run, evaluation_dir
 from medimg.evaluation.tta import resolve_views
+from medimg.evaluation.validation_fit import fit_on_validation
 from medimg.inference import TrainedModel, check_same_classes, load_trained, run_dir_of
 from medimg.training.trainer import build_eval_trainer
 
@@ -100,12 +101,13 @@ def evaluate_checkpoint(e: EvaluateSettings, rt: Runtime, dm: MedImageDataModule
     run_dir = run_dir_of(e.ckpt_path)
     out_dir = Path(e.output_dir) if e.output_dir else evaluation_dir(run_dir, dm.ds.name, e.split, run_id())
     trainer = build_eval_trainer(e.trainer, rt, e.logger, True, out_dir, "evaluate")
-    model, calibration, sets = trained.model, trained.calibration, trained.conformal
+    model, calibration, sets, referral = trained.model, trained.calibration, trained.conformal, trained.referral
     if e.recalibrate:
-        calibration, sets = fit_on_validation(trainer, model, dm, e.calibration, e.evaluation.conformal)
+        calibration, sets, referral = fit_on_validation(trainer, model, dm, e.calibration, e.evaluation.conformal,
+                                                        e.evaluation.selective)
     options = evaluation_options(e.evaluation, dm.ds.subgroup_columns, dm.ds.subgroup_bins)
     result = evaluate_split(trainer, model, dm, e.split, calibration, resolve_views(e.tta, e.tta_views), options,
-                            conformal=sets)
+                            conformal=sets, referral=referral)
     if e.robustness:
         c = e.corruptions
         evaluate_robustness(trainer, model, dm, calibration, out_dir / "robustness", c.names, c.severities, c.seed, c.metric,

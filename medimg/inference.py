@@ -6,7 +6,8 @@ arguments, the evaluation ``preprocess`` among them) plus a ``medimg`` entry::
     {"phase": {...}, "phases_done": {...}, "class_names": [...], "settings": {...}, "calibration": {...} | None}
 
 (``calibration``: ``Calibration.to_dict()``, read back as a ``Calibration`` value; ``conformal``, when the run
-fitted prediction sets: ``Conformal.to_dict()``.)
+fitted prediction sets: ``Conformal.to_dict()``; ``referral``, when it fitted a referral threshold:
+``ReferralRule.to_dict()``.)
 
 It is read with ``weights_only=True`` (tensors and plain types, never arbitrary pickles). Everything that
 predicts after training (evaluate, predict, export, explain, the Grad-CAM callback, the server) loads it with
@@ -27,6 +28,7 @@ from medimg.data.transforms import Preprocess
 from medimg.errors import CheckpointError, UserError
 from medimg.evaluation.calibration import Calibration
 from medimg.evaluation.conformal import Conformal
+from medimg.evaluation.selective import ReferralRule
 from medimg.files import read_torch, save_torch
 from medimg.models.classifier import ImageClassifier
 
@@ -87,6 +89,7 @@ class TrainedModel:
     state: dict[str, Any]
     calibration: Calibration
     conformal: Conformal | None = None  # the prediction-set rule fitted with the calibration
+    referral: ReferralRule | None = None  # the referral rule fitted with it
 
     @property
     def class_names(self) -> list[str]:
@@ -138,16 +141,20 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
     state = ckpt["medimg"]
     model.eval()
     conformal = Conformal.from_dict(state["conformal"]) if state.get("conformal") else None
-    return TrainedModel(model.to(device), Path(path), state, Calibration.from_dict(state.get("calibration")), conformal)
+    referral = ReferralRule.from_dict(state["referral"]) if state.get("referral") else None
+    return TrainedModel(model.to(device), Path(path), state, Calibration.from_dict(state.get("calibration")), conformal,
+                        referral)
 
 
 def save_calibrated(src: str | Path, dst: str | Path, calibration: Calibration,
-                    conformal: Conformal | None = None) -> Path:
-    """Copy the checkpoint ``src`` to ``dst`` with ``calibration`` (and the ``conformal`` rule) stored in it (read
-    safely, written atomically), so every later prediction from ``dst`` is calibrated and has its sets."""
+                    conformal: Conformal | None = None, referral: ReferralRule | None = None) -> Path:
+    """Copy the checkpoint ``src`` to ``dst`` with ``calibration`` (and the ``conformal`` and ``referral`` rules)
+    stored in it (read safely, written atomically), so every later prediction from ``dst`` is calibrated and has
+    its sets and referrals."""
     ckpt = load_checkpoint(src)
     ckpt["medimg"]["calibration"] = calibration.to_dict()
     ckpt["medimg"]["conformal"] = conformal.to_dict() if conformal is not None else None
+    ckpt["medimg"]["referral"] = referral.to_dict() if referral is not None else None
     return save_torch(ckpt, dst)
 
 
@@ -174,7 +181,7 @@ class TorchEngine:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.class_names, self.preprocess = trained.class_names, trained.preprocess
         self.threshold, self.calibration_note = trained.threshold, trained.calibration_note
-        self.conformal = trained.conformal
+        self.conformal, self.referral = trained.conformal, trained.referral
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device)

@@ -18,6 +18,7 @@ from medimg.data.transforms import Preprocess
 from medimg.errors import CheckpointError, UserError
 from medimg.evaluation.calibration import Calibration
 from medimg.evaluation.conformal import Conformal
+from medimg.evaluation.selective import ReferralRule
 from medimg.inference import TrainedModel, load_trained
 
 INPUT_NOTE = ("image: float32 (batch, 3, H, W), RGB scaled to [0, 1], resized (shorter side to img_size*resize), "
@@ -32,6 +33,7 @@ def metadata(trained: TrainedModel) -> dict[str, str]:
         "medimg.input": INPUT_NOTE,
         "medimg.calibration": json.dumps(trained.calibration.to_dict()),
         "medimg.conformal": json.dumps(trained.conformal.to_dict() if trained.conformal is not None else None),
+        "medimg.referral": json.dumps(trained.referral.to_dict() if trained.referral is not None else None),
         "medimg.calibration_note": trained.calibration_note
         + (", folded into the ONNX graph" if trained.is_calibrated else ""),
         "medimg.backbone": trained.backbone,
@@ -78,6 +80,8 @@ class OnnxEngine:
             self.calibration = Calibration.from_dict(json.loads(meta.get("medimg.calibration", "null")))
             conformal = json.loads(meta.get("medimg.conformal", "null"))
             self.conformal = Conformal.from_dict(conformal) if conformal else None
+            referral = json.loads(meta.get("medimg.referral", "null"))
+            self.referral = ReferralRule.from_dict(referral) if referral else None
         except (KeyError, TypeError, json.JSONDecodeError, CheckpointError) as e:
             raise UserError(f"{onnx_path}: its medimg metadata is damaged ({first_line(e)}); export it again") from None
         self.calibration_note = meta.get("medimg.calibration_note", "calibration unknown")

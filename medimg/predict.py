@@ -3,9 +3,11 @@
 Reads top to bottom: load the model (PyTorch from the checkpoint, or onnxruntime from an exported
 ``model.onnx``); find the images (a folder is searched recursively, non-image files are skipped and
 counted); prepare each as the evaluation split was (size and normalisation stored in the checkpoint);
-print the top-k classes with calibrated probabilities; write ``predictions.csv`` (evaluate's layout,
-``medimg.evaluation.predictions.predictions_frame``, without ``label`` and ``p_uncalibrated_*``); with
-``gradcam=true`` also a PNG per image with the image, the heat map and the overlay side by side.
+print the top-k classes with calibrated probabilities, the conformal set and "refer" for an image the model
+is not confident enough to answer for (with the rules the checkpoint stores); write ``predictions.csv``
+(evaluate's layout, ``medimg.evaluation.predictions.predictions_frame``, without ``label`` and
+``p_uncalibrated_*``); with ``gradcam=true`` also a PNG per image with the image, the heat map and the overlay
+side by side.
 
 ``gradcam=true`` / ``gradcam=false`` are shorthands for ``gradcam.enabled=...``.
 """
@@ -34,6 +36,7 @@ from medimg.engines import decide, open_engine
 from medimg.errors import ConfigError
 from medimg.evaluation.conformal import Conformal
 from medimg.evaluation.predictions import predictions_frame, write_predictions
+from medimg.evaluation.selective import ReferralRule, confidences
 from medimg.evaluation.tta import averaged_probs, resolve_views
 from medimg.files import writable_folder
 from medimg.inference import UNCALIBRATED, resolve_device
@@ -71,6 +74,8 @@ def predict(cfg: dict[str, Any]) -> PredictResult:
         print(f"decision: {pos} when P({pos}) >= {engine.threshold:.4g} (operating threshold)")
     if engine.conformal is not None:
         print(f"prediction sets: {engine.conformal.describe()}")
+    if engine.referral is not None:
+        print(f"referral: {engine.referral.describe()}")
     limits = ImageLimits(p.max_image_pixels, p.max_aspect_ratio)
     batches = image_batches(paths, engine.preprocess.transform(), p.batch_size, limits, result.unreadable,
                             single=root.is_file())
@@ -82,13 +87,15 @@ def predict(cfg: dict[str, Any]) -> PredictResult:
         result.figures += [str(f) for f in figures]
         done.append((batch_paths, probs, decisions))
         named = engine.conformal.named_sets(torch.from_numpy(probs), engine.class_names) if engine.conformal else []
+        refer = engine.referral.refer(confidences(probs, decisions)) if engine.referral else np.zeros(len(probs), bool)
         for i, path in enumerate(batch_paths):
             rel = path.name if root.is_file() else str(path.relative_to(root))
             order = np.argsort(-probs[i])[:k]
             decided = f"  -> {engine.class_names[decisions[i]]}" if binary else ""
             print(f"{rel}: " + " | ".join(f"{engine.class_names[j]} {probs[i, j]:.3f}" for j in order) + decided
-                  + (f"  set: {{{', '.join(named[i])}}}" if engine.conformal is not None else ""))
-    frame = predictions_of(done, engine.class_names, engine.conformal)
+                  + (f"  set: {{{', '.join(named[i])}}}" if engine.conformal is not None else "")
+                  + ("  refer" if refer[i] else ""))
+    frame = predictions_of(done, engine.class_names, engine.conformal, engine.referral)
     result.rows = frame.to_dict("records")
     result.csv_path = str(write_predictions(out_dir / "predictions.csv", frame))
     summary(result, out_dir)
@@ -96,13 +103,15 @@ def predict(cfg: dict[str, Any]) -> PredictResult:
 
 
 def predictions_of(batches: list[tuple[list[Path], np.ndarray, list[int]]], class_names: list[str],
-                   conformal: Conformal | None = None) -> pd.DataFrame:
+                   conformal: Conformal | None = None, referral: ReferralRule | None = None) -> pd.DataFrame:
     """The ``predictions_frame`` of the predicted batches (no truth; calibrated probabilities only; the
-    prediction sets of ``conformal``)."""
+    prediction sets of ``conformal``, the referrals of ``referral``)."""
     paths = [p for b in batches for p in b[0]]
     probs = np.concatenate([b[1] for b in batches]) if batches else np.zeros((0, len(class_names)))
+    decisions = [d for b in batches for d in b[2]]
     sets = conformal.sets(torch.from_numpy(probs)).numpy() if conformal is not None else None
-    return predictions_frame(paths, class_names, probs, [d for b in batches for d in b[2]], sets=sets)
+    refer = referral.refer(confidences(probs, np.asarray(decisions, np.int64))) if referral is not None else None
+    return predictions_frame(paths, class_names, probs, decisions, sets=sets, refer=refer)
 
 
 class CamWriter:

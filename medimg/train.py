@@ -27,8 +27,9 @@ from medimg.data.datamodule import MedImageDataModule
 from medimg.data.sources import check_present, work_dir
 from medimg.errors import ConfigError
 from medimg.evaluation.analyses import evaluation_options
-from medimg.evaluation.evaluator import evaluate_split, fit_on_validation
+from medimg.evaluation.evaluator import evaluate_split
 from medimg.evaluation.subgroups import check_subgroup_columns
+from medimg.evaluation.validation_fit import fit_on_validation
 from medimg.inference import run_dir_of
 from medimg.models.backbones import blocks_of, check_weights
 from medimg.models.freezing import resolve_blocks
@@ -93,11 +94,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     bar = progress_bar_shown(s.trainer.enable_progress_bar, s.callbacks.epoch_log)
     trainer = build_eval_trainer(dataclasses.replace(s.trainer, enable_progress_bar=bar), rt, s.logger,
                                  s.callbacks.rich_progress, run_dir, "test")
-    calibration, sets = fit_on_validation(trainer, model, dm, s.calibration, s.evaluation.conformal)
+    calibration, sets, referral = fit_on_validation(trainer, model, dm, s.calibration, s.evaluation.conformal,
+                                                    s.evaluation.selective)
     if trainer.is_global_zero:  # every rank took part in the evaluations; rank 0 writes
-        keep_best(run_dir, best, calibration, sets)
+        keep_best(run_dir, best, calibration, sets, referral)
     options = evaluation_options(s.evaluation, s.dataset.subgroup_columns, s.dataset.subgroup_bins)
-    result = evaluate_split(trainer, model, dm, "test", calibration, options=options, conformal=sets) if s.test else None
+    result = evaluate_split(trainer, model, dm, "test", calibration, options=options, conformal=sets,
+                            referral=referral) if s.test else None
     metrics = dict(result.metrics) if result else {}
     if best_score is not None:  # what a search should rank by: validation, not test (also with test=false)
         metrics[f"{s.monitor}_best"] = best_score

@@ -1,5 +1,6 @@
-"""End of a training run and ``medimg.evaluate``: calibration stored in best.ckpt, metrics.json, predictions.csv,
-figures, report.md, TensorBoard, test-time augmentation, and the errors for bad checkpoints."""
+"""End of a training run and ``medimg.evaluate``: calibration (and the conformal and referral rules) stored in
+best.ckpt, metrics.json, predictions.csv, figures, report.md, TensorBoard, test-time augmentation, and the errors
+for bad checkpoints."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from medimg.inference import CheckpointError, ClassMismatchError, load_trained
 pytestmark = pytest.mark.slow
 
 FIGURES = {"confusion_matrix", "confusion_matrix_normalized", "roc_curves", "pr_curves", "reliability", "per_class_f1",
-           "error_gallery_mistakes", "error_gallery_unsure_correct"}
+           "error_gallery_mistakes", "error_gallery_unsure_correct", "risk_coverage"}
 RUN_FIGURES = FIGURES | {"learning_curves"}  # a training run also draws its history
 REQUIRED = ["test/accuracy", "test/balanced_accuracy", "test/precision_macro", "test/recall_macro", "test/f1_macro",
             "test/auroc", "test/pr_auc", "test/nll", "test/brier", "test/ece", "test/mce", "test/loss",
@@ -26,13 +27,15 @@ REQUIRED = ["test/accuracy", "test/balanced_accuracy", "test/precision_macro", "
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One tiny training run (tensorboard + csv loggers) shared by the tests of this module."""
+    """One tiny training run (tensorboard + csv loggers) shared by the tests of this module; its referral target
+    is one the tiny validation split can back."""
     from medimg.train import train
 
     root = tmp_path_factory.mktemp("evalrun")
     data = tmp_path_factory.mktemp("evaldata")
     run = root / "run"
-    metrics = train(compose_train(run, data, [*TINY, "logger=many", "stage=full", "calibration=temperature"]))
+    metrics = train(compose_train(run, data, [*TINY, "logger=many", "stage=full", "calibration=temperature",
+                                              "evaluation.selective.target=0.25", "evaluation.selective.level=0.5"]))
     return {"run": run, "data": data, "metrics": metrics, "root": root}
 
 
@@ -68,7 +71,8 @@ def test_run_writes_metrics_predictions_figures_report(trained):
         assert f"(figures/{name}.png)" in report
 
     pred = pd.read_csv(run / "predictions.csv")
-    expected_cols = ["path", "label", "prediction", "probability", "prediction_set", *[f"p_{c}" for c in classes],
+    expected_cols = ["path", "label", "prediction", "probability", "prediction_set", "refer",
+                     *[f"p_{c}" for c in classes],
                      *[f"p_uncalibrated_{c}" for c in classes]]
     assert list(pred.columns) == expected_cols
     # the conformal sets (evaluation.conformal, fitted on validation): coverage and size as the file says
@@ -79,6 +83,7 @@ def test_run_writes_metrics_predictions_figures_report(trained):
     assert saved["test/conformal_coverage_ci_low"] <= saved["test/conformal_coverage"] <= saved["test/conformal_coverage_ci_high"]
     stored = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["medimg"]["conformal"]
     assert stored["score"] == "lac" and stored["alpha"] == 0.1 and "prediction sets" in report
+    _check_referrals(run, saved, pred)
     assert pred["path"].is_unique and len(pred) == sum(saved[f"test/per_class/{c}/support"] for c in classes)
     # the files agree with each other: metrics recomputed from predictions.csv (8 significant digits) with scikit-learn
     y = pred["label"].map(classes.index).to_numpy()
@@ -90,6 +95,25 @@ def test_run_writes_metrics_predictions_figures_report(trained):
     assert saved["test/auroc_calibrated"] == pytest.approx(roc_auc_score(y, cal, multi_class="ovr"), abs=1e-6)
     assert (pred["prediction"] == [classes[k] for k in cal.argmax(1)]).all()
     np.testing.assert_allclose(pred["probability"], cal.max(1), atol=1e-6)
+
+
+def _check_referrals(run, saved, pred):
+    """The referral (evaluation.selective, fitted on validation): refer is a probability below the stored
+    threshold, and metrics.json's share referred, accuracy of the rest and AURC are those of predictions.csv."""
+    from medimg.evaluation.selective import aurc
+
+    rule = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["medimg"]["referral"]
+    assert rule["target"] == 0.25 and rule["level"] == 0.5 and saved["test/referral_threshold"] == rule["threshold"]
+    assert pred["refer"].tolist() == (pred["probability"] < rule["threshold"]).tolist()
+    kept = pred[~pred["refer"]]
+    assert saved["test/referred_share"] == pytest.approx(pred["refer"].mean(), abs=1e-9)
+    assert saved["test/accuracy_not_referred"] == pytest.approx((kept["label"] == kept["prediction"]).mean(), abs=1e-9)
+    wrong = (pred["label"] != pred["prediction"]).to_numpy()
+    assert saved["test/selective_aurc"] == pytest.approx(aurc(pred["probability"].to_numpy(), wrong)[0], abs=1e-6)
+    for key in ("selective_aurc", "referred_share", "accuracy_not_referred"):
+        assert saved[f"test/{key}_ci_low"] <= saved[f"test/{key}"] <= saved[f"test/{key}_ci_high"], key
+    report = (run / "report.md").read_text()
+    assert "## Selective prediction" in report and "| accuracy of the images not referred |" in report
 
 
 def test_best_checkpoint_carries_the_calibration(trained):

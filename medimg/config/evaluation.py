@@ -1,5 +1,6 @@
-"""The settings of calibration (fitted on validation), its method selection, the conformal prediction sets and
-what an evaluation reports beyond the metrics: the ``calibration`` and ``evaluation`` config groups."""
+"""The settings of calibration (fitted on validation), its method selection, the conformal prediction sets, the
+referral of images the model is not sure of (selective prediction) and what an evaluation reports beyond the
+metrics: the ``calibration`` and ``evaluation`` config groups."""
 
 from __future__ import annotations
 
@@ -57,6 +58,18 @@ class ConformalSettings:
 
 
 @dataclass(frozen=True)
+class SelectiveSettings:
+    target: float | None          # the accuracy the images not referred must reach on validation (null = no referral)
+    level: float                  # the one-sided Clopper-Pearson level of the lower bound that must reach it
+
+    def check(self, where: str) -> None:
+        if self.target is not None:
+            require(0 < self.target < 1, f"{where}.target", f"must be an accuracy in (0, 1), e.g. 0.95, or null "
+                                                           f"(no referral), got {self.target!r}")
+        require(0 < self.level < 1, f"{where}.level", f"must be in (0, 1), e.g. 0.95, got {self.level!r}")
+
+
+@dataclass(frozen=True)
 class EvaluationSettings:
     bootstrap_resamples: int
     interval_level: float
@@ -67,6 +80,7 @@ class EvaluationSettings:
     gallery_method: str
     gallery_layer: str | None
     conformal: ConformalSettings
+    selective: SelectiveSettings
 
     def check(self, where: str) -> None:
         require(0 < self.interval_level < 1, f"{where}.interval_level", "must be in (0, 1), e.g. 0.95")

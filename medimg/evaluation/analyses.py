@@ -3,7 +3,8 @@
 The ``evaluation`` settings (conf/evaluation/, read with the command's config) and the data set's subgroup
 columns make an ``EvaluationOptions``; ``analyse`` returns an ``Evaluation`` with:
 
-* ``<split>/<metric>_ci_low`` / ``_ci_high`` in its metrics (``medimg.evaluation.bootstrap``);
+* ``<split>/<metric>_ci_low`` / ``_ci_high`` in its metrics (``medimg.evaluation.bootstrap``; the conformal
+  sets' coverage and size, AURC and the referral metrics by their own modules' resampling);
 * ``subgroups``: the audit of ``dataset.subgroup_columns`` (``medimg.evaluation.subgroups``), on the final
   (calibrated, thresholded) predictions;
 * ``gallery``: per class the most confident mistakes and least confident correct calls with their CAMs
@@ -27,6 +28,7 @@ from medimg.errors import UserError
 from medimg.evaluation.bootstrap import interval_metrics
 from medimg.evaluation.conformal import set_metrics
 from medimg.evaluation.error_gallery import Gallery, gallery_pictures, select_gallery
+from medimg.evaluation.selective import selective_metrics
 from medimg.evaluation.subgroups import SubgroupAudit, subgroup_audit
 
 if TYPE_CHECKING:
@@ -61,6 +63,10 @@ def interval_entries(ev: Evaluation, options: EvaluationOptions) -> dict[str, fl
     if ev.sets is not None and b["bootstrap_resamples"] > 0:  # coverage and set size with their intervals
         out.update(set_metrics(ev.sets, ev.targets, ev.class_names, b["bootstrap_resamples"], b["interval_level"],
                                b["bootstrap_seed"], prefix=f"{ev.split}/"))
+    if f"{ev.split}/selective_aurc" in ev.metrics and b["bootstrap_resamples"] > 0:  # AURC, referrals: intervals
+        out.update(selective_metrics(ev.confidence, ev.wrong, ev.targets.cpu().numpy(), ev.referral,
+                                     b["bootstrap_resamples"], b["interval_level"], b["bootstrap_seed"],
+                                     prefix=f"{ev.split}/"))
     return out
 
 

@@ -73,7 +73,9 @@ def stratified_counts(targets: np.ndarray, resamples: int, rng: np.random.Genera
     return flat.reshape(resamples, n).astype(np.float64)
 
 
-def _chunks(targets: np.ndarray, resamples: int, seed: int) -> Iterator[np.ndarray]:
+def resample_counts(targets: np.ndarray, resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """The stratified resamples of ``stratified_counts`` from ``numpy.random.default_rng(seed)``, in chunks of rows
+    that keep memory bounded: ``(resamples, N)`` in all."""
     rng = np.random.default_rng(seed)
     step = max(1, CHUNK_CELLS // max(1, len(targets)))
     for start in range(0, resamples, step):
@@ -84,28 +86,35 @@ def resample_distribution(probs: np.ndarray, targets: np.ndarray, resamples: int
                           threshold: float | None = None) -> dict[str, np.ndarray]:
     """Each metric's value in each of ``resamples`` stratified resamples: ``{name: (resamples,)}``."""
     parts: dict[str, list[np.ndarray]] = {}
-    for counts in _chunks(targets, resamples, seed):
+    for counts in resample_counts(targets, resamples, seed):
         for name, values in resampled_metrics(counts, probs, targets, threshold).items():
             parts.setdefault(name, []).append(values)
     return {name: np.concatenate(v) for name, v in parts.items()}
 
 
-def jackknife_values(probs: np.ndarray, targets: np.ndarray, seed: int,
-                     threshold: float | None = None) -> dict[str, np.ndarray]:
-    """Each metric with one of ``min(N, JACKKNIFE_GROUPS)`` groups of images left out: ``{name: (groups,)}``.
-    The groups take the images of each class in a seeded random order, in turn (every group has each class's
-    share); the stream is not the resamples' (the same seed draws the same resamples as without it)."""
+def jackknife_counts(targets: np.ndarray, seed: int) -> Iterator[np.ndarray]:
+    """The jackknife's weights, in chunks of rows: ``(groups, N)`` in all, row g with the g-th of
+    ``min(N, JACKKNIFE_GROUPS)`` groups of images left out (0) and every other image once (1). The groups take
+    the images of each class in a seeded random order, in turn (every group has each class's share); the stream
+    is not the resamples' (the same seed draws the same resamples as without it)."""
     n = len(targets)
     groups = min(n, JACKKNIFE_GROUPS)
     rng = np.random.default_rng([seed, 1])
     order = np.concatenate([rng.permutation(np.flatnonzero(targets == k)) for k in np.unique(targets)])
     group = np.empty(n, np.int64)
     group[order] = np.arange(n) % groups
-    parts: dict[str, list[np.ndarray]] = {}
     step = max(1, CHUNK_CELLS // max(1, n))
     for start in range(0, groups, step):
         left_out = np.arange(start, min(groups, start + step))
-        counts = (group[None, :] != left_out[:, None]).astype(np.float64)
+        yield (group[None, :] != left_out[:, None]).astype(np.float64)
+
+
+def jackknife_values(probs: np.ndarray, targets: np.ndarray, seed: int,
+                     threshold: float | None = None) -> dict[str, np.ndarray]:
+    """Each metric with one of ``min(N, JACKKNIFE_GROUPS)`` groups of images left out: ``{name: (groups,)}``
+    (``jackknife_counts``)."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for counts in jackknife_counts(targets, seed):
         for name, values in resampled_metrics(counts, probs, targets, threshold).items():
             parts.setdefault(name, []).append(values)
     return {name: np.concatenate(v) for name, v in parts.items()}

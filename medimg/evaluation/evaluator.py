@@ -2,10 +2,12 @@
 
 Used by ``medimg.train`` (after the phases) and ``medimg.evaluate`` (any checkpoint):
 
-1. ``fit_on_validation``: calibration of the validation probabilities (``calibration`` config group) and, for
-   binary tasks, the operating threshold: a ``Calibration``, stored in ``best.ckpt`` as its plain dict.
+1. ``validation_fit.fit_on_validation``: calibration of the validation probabilities (``calibration`` config
+   group) and, for binary tasks, the operating threshold; the conformal and referral rules: stored in
+   ``best.ckpt`` as plain dicts.
 2. ``evaluate_split``: predictions for every image of the split (DDP-safe, optional TTA), uncalibrated and
-   calibrated metrics, the predictions table.
+   calibrated metrics, the selective-prediction metrics (AURC; with a referral rule the share referred and the
+   accuracy of the rest), the predictions table.
    With ``options`` (the ``evaluation`` config block, ``medimg.evaluation.analyses``) it also adds bootstrap
    intervals, the subgroup audit and the error gallery.
 3. ``write_evaluation`` (rank 0): ``metrics.json``, ``predictions.csv``, ``subgroups.csv`` (with an audit),
@@ -16,7 +18,6 @@ Used by ``medimg.train`` (after the phases) and ``medimg.evaluate`` (any checkpo
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,25 +25,25 @@ from types import MappingProxyType
 from typing import Any
 
 import lightning as L
+import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
-from medimg.config.evaluation import CalibrationSettings, ConformalSettings
 from medimg.errors import ConfigError
 from medimg.evaluation import plots
 from medimg.evaluation.analyses import EvaluationOptions, analyse
-from medimg.evaluation.calibration import Calibration, fit_settings
+from medimg.evaluation.calibration import Calibration
 from medimg.evaluation.conformal import Conformal, set_metrics
 from medimg.evaluation.error_gallery import Gallery, gallery_figures
 from medimg.evaluation.learning_curves import learning_curves_from
 from medimg.evaluation.metrics import classification_metrics, confusion_matrix
 from medimg.evaluation.predictions import SplitOutputs, collect_outputs, predictions_table, write_predictions
-from medimg.evaluation.report import conformal_lines, subgroup_lines, write_report
+from medimg.evaluation.report import conformal_lines, selective_lines, subgroup_lines, write_report
+from medimg.evaluation.selective import ReferralRule, confidences, risk_coverage, selective_metrics
+from medimg.evaluation.selective.plots import risk_coverage_figure
 from medimg.evaluation.subgroups import SubgroupAudit
 from medimg.files import write_csv, write_json
-
-log = logging.getLogger(__name__)
 
 # metrics of the final decision that are reported once, without the _calibrated suffix
 OPERATING_KEYS = ("sensitivity", "specificity", "threshold")
@@ -54,32 +55,6 @@ def split_loader(dm, split: str):
     if split == "test":
         return dm.test_dataloader()
     raise ConfigError(f"split={split!r} cannot be evaluated; choose val or test")
-
-
-def fit_on_validation(trainer: L.Trainer, model, dm, cal: CalibrationSettings,
-                      sets: ConformalSettings | None = None) -> tuple[Calibration, Conformal | None]:
-    """Calibrate ``model`` on the validation split, and fit the conformal rule of ``sets`` on its calibrated
-    probabilities (all ranks take part; all get the same result)."""
-    outputs = collect_outputs(trainer, model, dm.val_dataloader(), expected_rows=len(dm.split_table("val")))
-    logits = outputs.logits[0]
-    calibration = fit_settings(cal, logits, outputs.targets)
-    log.info("calibration: %s", calibration.describe())
-    return calibration, fit_conformal(sets, calibration.probs(logits.double()), outputs.targets)
-
-
-def fit_conformal(sets: ConformalSettings | None, probs: torch.Tensor, targets: torch.Tensor) -> Conformal | None:
-    """The conformal rule of ``sets`` fitted on validation probabilities; None without one. A validation split
-    too small for its alpha is logged as an error (the run keeps what it trained) and gives no sets."""
-    if sets is None or sets.alpha is None:
-        return None
-    try:
-        rule = Conformal.fit(probs, targets, sets.score, sets.alpha, sets.mondrian,
-                             fitted_on=f"validation split ({len(targets)} images; the calibrator's own)")
-    except ConfigError as e:
-        log.error("no conformal prediction sets: %s", e)
-        return None
-    log.info("conformal sets: %s", rule.describe())
-    return rule
 
 
 def split_metrics(raw: torch.Tensor, final: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str],
@@ -114,6 +89,8 @@ class Evaluation:
     predictions: pd.DataFrame
     conformal: Conformal | None = None
     sets: torch.Tensor | None = None  # N x C: each image's conformal prediction set
+    referral: ReferralRule | None = None
+    referred: torch.Tensor | None = None  # N: the images the referral rule refers
     views: Sequence[str] = ("identity",)
     rows: torch.Tensor | None = None
     table: pd.DataFrame | None = None
@@ -128,6 +105,15 @@ class Evaluation:
     def final_preds(self) -> torch.Tensor:
         return self.calibration.decide(self.final_probs)
 
+    @property
+    def confidence(self) -> np.ndarray:
+        """Each image's confidence: the final probability of its decided class (``selective.confidences``)."""
+        return confidences(self.final_probs, self.final_preds)
+
+    @property
+    def wrong(self) -> np.ndarray:
+        return (self.final_preds != self.targets).cpu().numpy()
+
     def with_analyses(self, metrics: Mapping[str, float], subgroups: SubgroupAudit | None, gallery: Gallery | None,
                       notes: Sequence[str]) -> Evaluation:
         """This evaluation with more ``metrics`` (bootstrap intervals), its subgroup audit, gallery and notes."""
@@ -137,7 +123,7 @@ class Evaluation:
 
 def evaluate_split(trainer: L.Trainer, model, dm, split: str, calibration: Calibration,
                    views: Sequence[str] = ("identity",), options: EvaluationOptions | None = None,
-                   conformal: Conformal | None = None) -> Evaluation:
+                   conformal: Conformal | None = None, referral: ReferralRule | None = None) -> Evaluation:
     """Predict ``split`` with ``model`` under ``calibration``, on every rank; score it. With ``options``:
     bootstrap intervals and the subgroup audit (every rank), the error gallery (rank 0)."""
     table = dm.split_table(split)
@@ -145,7 +131,7 @@ def evaluate_split(trainer: L.Trainer, model, dm, split: str, calibration: Calib
     with torch.no_grad():
         loss = float(model.loss(outputs.mean_logits().float(), outputs.targets))
     ev = evaluation_from_outputs(outputs, table, model.class_names, calibration, split, views, {f"{split}/loss": loss},
-                                 conformal)
+                                 conformal, referral)
     if options is not None:
         gallery_model = model if trainer.is_global_zero else None
         ev = analyse(ev, options, gallery_model, dm.datasets[split], dm.eval_tf)
@@ -155,20 +141,24 @@ def evaluate_split(trainer: L.Trainer, model, dm, split: str, calibration: Calib
 def evaluation_from_outputs(outputs: SplitOutputs, table: pd.DataFrame, class_names: Sequence[str],
                             calibration: Calibration, split: str = "test",
                             views: Sequence[str] = ("identity",), extra: Mapping[str, float] | None = None,
-                            conformal: Conformal | None = None) -> Evaluation:
+                            conformal: Conformal | None = None, referral: ReferralRule | None = None) -> Evaluation:
     """The evaluation of ``outputs`` under ``calibration``: probabilities, metrics (with ``extra`` ones such as
-    the loss), the ``conformal`` rule's sets and predictions, computed once."""
+    the loss), the ``conformal`` rule's sets, the ``referral`` rule's referrals and predictions, computed once."""
     raw, final = outputs.probs(None), outputs.probs(calibration)
     metrics = {**split_metrics(raw, final, outputs.targets, class_names, calibration, prefix=f"{split}/"),
                **(extra or {})}
     sets = conformal.sets(final) if conformal is not None else None
     if sets is not None:  # the values; analyse() adds their intervals
         metrics.update(set_metrics(sets, outputs.targets, class_names, resamples=0, prefix=f"{split}/"))
+    decided = calibration.decide(final)
+    conf, wrong = confidences(final, decided), (decided != outputs.targets).numpy()
+    referred = torch.from_numpy(referral.refer(conf)) if referral is not None else None
+    metrics.update(selective_metrics(conf, wrong, outputs.targets.numpy(), referral, resamples=0, prefix=f"{split}/"))
     return Evaluation(split=split, class_names=list(class_names), targets=outputs.targets, raw_probs=raw,
                       final_probs=final, calibration=calibration, metrics=metrics,
-                      predictions=predictions_table(outputs, table, class_names, calibration, sets), views=list(views),
-                      rows=outputs.rows, table=table.iloc[outputs.rows.numpy()].reset_index(drop=True),
-                      conformal=conformal, sets=sets)
+                      predictions=predictions_table(outputs, table, class_names, calibration, sets, referred),
+                      views=list(views), rows=outputs.rows, table=table.iloc[outputs.rows.numpy()].reset_index(drop=True),
+                      conformal=conformal, sets=sets, referral=referral, referred=referred)
 
 
 def evaluation_figures(ev: Evaluation) -> dict[str, Any]:
@@ -198,11 +188,23 @@ def evaluation_figures(ev: Evaluation) -> dict[str, Any]:
     if calibrated:
         series.append(("calibrated", [m.get(f"{p}per_class/{c}/f1_calibrated", 0.0) for c in names]))
     figs["per_class_f1"] = plots.per_class_f1_figure(names, series)
+    if f"{p}selective_aurc" in m:
+        figs["risk_coverage"] = risk_coverage_of(ev)
     if ev.subgroups is not None and len(ev.subgroups.table):
         figs["subgroups"] = plots.subgroup_figure(ev.subgroups)
     if ev.gallery is not None:
         figs.update(gallery_figures(ev.gallery, names))
     return figs
+
+
+def risk_coverage_of(ev: Evaluation):
+    """The risk-coverage figure of ``ev`` (with its referral rule's operating point and target)."""
+    p, rule = f"{ev.split}/", ev.referral
+    title = f"Risk-coverage ({ev.split}), AURC {ev.metrics[f'{p}selective_aurc']:.4f}"
+    point = None
+    if rule is not None and f"{p}accuracy_not_referred" in ev.metrics:
+        point = (1 - ev.metrics[f"{p}referred_share"], 1 - ev.metrics[f"{p}accuracy_not_referred"])
+    return risk_coverage_figure(risk_coverage(ev.confidence, ev.wrong), title, rule.target if rule else None, point)
 
 
 def write_evaluation(ev: Evaluation, out_dir: Path, loggers: Sequence[Logger] = (), title: str = "Evaluation",
@@ -222,6 +224,8 @@ def write_evaluation(ev: Evaluation, out_dir: Path, loggers: Sequence[Logger] = 
     facts = [*facts, ("split", f"{ev.split} ({len(ev.targets)} images)"),
              ("calibration", ev.calibration.describe()),
              *([("prediction sets", ev.conformal.describe())] if ev.conformal is not None else []),
+             ("referral", ev.referral.describe() if ev.referral is not None else "none (the model holds no referral "
+                                                                                  "rule)"),
              ("test-time augmentation", ", ".join(ev.views) if len(ev.views) > 1 else "off")]
     try:
         paths = plots.save_figures(figures, out_dir / "figures")
@@ -232,6 +236,8 @@ def write_evaluation(ev: Evaluation, out_dir: Path, loggers: Sequence[Logger] = 
                                    prefix=f"{ev.split}/", sections=[
                                        *conformal_lines(ev.metrics, ev.class_names,
                                                         ev.conformal.describe() if ev.conformal else None,
+                                                        prefix=f"{ev.split}/"),
+                                       *selective_lines(ev.metrics, ev.referral.describe() if ev.referral else None,
                                                         prefix=f"{ev.split}/"),
                                        *subgroup_lines(ev.subgroups, ev.notes)])
     return {**files, **paths}

@@ -101,23 +101,26 @@ def collect_outputs(trainer: L.Trainer, model: L.LightningModule, loader, views:
 
 
 def predictions_table(outputs: SplitOutputs, split_table: pd.DataFrame, class_names: Sequence[str],
-                      calibration: Calibration, sets: torch.Tensor | None = None) -> pd.DataFrame:
+                      calibration: Calibration, sets: torch.Tensor | None = None,
+                      referred: torch.Tensor | None = None) -> pd.DataFrame:
     """The ``predictions_frame`` of a split's ``outputs`` under ``calibration`` (evaluate, a run's test split),
-    with the conformal prediction ``sets`` when there are any."""
+    with the conformal prediction ``sets`` and the ``referred`` images when there are any."""
     final = outputs.probs(calibration)
     return split_predictions(split_table, outputs.rows, outputs.targets, class_names, final,
-                             calibration.threshold, outputs.probs(None) if calibration.is_calibrated else None, sets)
+                             calibration.threshold, outputs.probs(None) if calibration.is_calibrated else None, sets,
+                             referred)
 
 
 def split_predictions(split_table: pd.DataFrame, rows: torch.Tensor, targets: torch.Tensor,
                       class_names: Sequence[str], final: torch.Tensor, threshold: float | None,
-                      uncalibrated: torch.Tensor | None = None, sets: torch.Tensor | None = None) -> pd.DataFrame:
+                      uncalibrated: torch.Tensor | None = None, sets: torch.Tensor | None = None,
+                      referred: torch.Tensor | None = None) -> pd.DataFrame:
     """The ``predictions_frame`` of rows ``rows`` of a split table: their paths, labels and metadata; the
     decisions from the ``final`` probabilities (binary: at ``threshold``)."""
     rows = rows.numpy()
     return predictions_frame(split_table["path"].to_numpy()[rows], class_names, final,
                              predict_labels(final, threshold), labels=targets, uncalibrated=uncalibrated,
-                             meta=split_table[metadata_columns(split_table)].iloc[rows], sets=sets)
+                             meta=split_table[metadata_columns(split_table)].iloc[rows], sets=sets, refer=referred)
 
 
 def set_column(sets, probs: np.ndarray, names: Sequence[str]) -> list[str]:
@@ -127,15 +130,16 @@ def set_column(sets, probs: np.ndarray, names: Sequence[str]) -> list[str]:
 
 
 def predictions_frame(paths: Sequence[Any], class_names: Sequence[str], probs, decisions, labels=None,
-                      uncalibrated=None, meta: pd.DataFrame | None = None, sets=None) -> pd.DataFrame:
+                      uncalibrated=None, meta: pd.DataFrame | None = None, sets=None, refer=None) -> pd.DataFrame:
     """The one layout of ``predictions.csv`` (predict, evaluate, a run's test split, the CV ensemble), a row
     per image::
 
-        path, [label], prediction, probability, [prediction_set], [metadata columns], p_<class>...,
+        path, [label], prediction, probability, [prediction_set], [refer], [metadata columns], p_<class>...,
         [p_uncalibrated_<class>...]
 
     ``prediction_set`` (with a conformal rule, ``sets`` ``(N, C)`` booleans): the classes the set holds at its
-    coverage, ``|``-separated, the most probable first.
+    coverage, ``|``-separated, the most probable first. ``refer`` (with a referral rule, ``refer`` ``(N,)``
+    booleans): True for an image whose ``probability`` is below the rule's threshold, for a clinician to read.
 
     ``prediction`` is the final decision (``decisions``: class indices from the calibrated probabilities and,
     for binary models, the operating threshold), ``probability`` the final probability of that class,
@@ -155,6 +159,8 @@ def predictions_frame(paths: Sequence[Any], class_names: Sequence[str], probs, d
     columns["probability"] = probs[np.arange(len(probs)), decisions]
     if sets is not None:
         columns["prediction_set"] = set_column(sets, probs, names)
+    if refer is not None:
+        columns["refer"] = np.asarray(refer, dtype=bool).reshape(len(probs))
     probabilities = {f"p_{c}": probs[:, k] for k, c in enumerate(names)}
     if uncalibrated is not None:
         raw = np.asarray(uncalibrated, dtype=np.float64).reshape(-1, len(names))

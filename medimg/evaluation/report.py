@@ -36,6 +36,8 @@ FIGURE_TITLES = {
     "pr_curves": "Precision-recall curves",
     "reliability": "Reliability diagrams before and after calibration",
     "per_class_f1": "F1 per class",
+    "risk_coverage": "Risk-coverage: the error rate of the images kept, the most confident first (dashed: a perfect "
+                     "ranking; red: the referral rule)",
     "subgroups": "Metrics per subgroup (95% intervals; dashed: the whole split; red: clearly worse)",
     "error_gallery_mistakes": "Error gallery: most confident mistakes per class, with Grad-CAM of the predicted class",
     "error_gallery_unsure_correct": "Error gallery: least confident correct predictions per class, with Grad-CAM",
@@ -106,6 +108,41 @@ def conformal_lines(metrics: Mapping[str, float], class_names: Sequence[str], de
              f"| coverage | {value(prefix + 'conformal_coverage')} |", f"| mean set size | {value(prefix + 'conformal_set_size')} |",
              *[f"| coverage of {c} | {value(f'{prefix}per_class/{c}/conformal_coverage')} |" for c in class_names
                if f"{prefix}per_class/{c}/conformal_coverage" in metrics], ""]
+    return lines
+
+
+def target_verdict(value: float, low: float | None, high: float | None, target: float) -> str:
+    """Whether an accuracy with its interval meets ``target``, in words."""
+    if value >= target:
+        return f"meets the target {target:g}"
+    if high is not None and high >= target:
+        return f"is below the target {target:g}, which its interval still holds"
+    return f"falls short of the target {target:g}: its whole interval lies below it"
+
+
+def selective_lines(metrics: Mapping[str, float], described: str | None, prefix: str = "test/") -> list[str]:
+    """Selective prediction: AURC and E-AURC, and with a referral rule the rule, the share referred and the
+    accuracy of the rest against the target (with intervals); nothing without AURC."""
+    if f"{prefix}selective_aurc" not in metrics:
+        return []
+    rows = [("AURC (lower is better)", "selective_aurc"), ("E-AURC (AURC less a perfect ranking's)", "selective_e_aurc"),
+            ("share of images referred", "referred_share"), ("accuracy of the images not referred", "accuracy_not_referred")]
+    lines = ["## Selective prediction", "", "Confidence: the calibrated probability of the decided class. Keeping "
+             "the most confident images first, the risk-coverage curve gives the error rate of those kept against "
+             "their share; AURC is its area, E-AURC the part of it due to the ranking (0: every mistake ranked below "
+             "every correct call).", "",
+             f"Referral: {described}." if described else "Referral: none (the model holds no referral rule: "
+             "evaluation.selective.target null, or out of reach on the validation split; see the training log).", "",
+             "| | value [interval] |", "|---|---|",
+             *[f"| {label} | {_bracketed(dict(metrics), prefix + key)} |" for label, key in rows if prefix + key in metrics],
+             ""]
+    accuracy, target = metrics.get(f"{prefix}accuracy_not_referred"), metrics.get(f"{prefix}referral_target")
+    if target is not None and accuracy is None:
+        lines += [f"Every {prefix.rstrip('/')} image was referred.", ""]
+    elif target is not None:
+        low, high = metrics.get(f"{prefix}accuracy_not_referred_ci_low"), metrics.get(f"{prefix}accuracy_not_referred_ci_high")
+        lines += [f"The accuracy of the images not referred, {_bracketed(dict(metrics), prefix + 'accuracy_not_referred')}, "
+                  f"{target_verdict(accuracy, low, high, target)}.", ""]
     return lines
 
 

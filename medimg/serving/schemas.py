@@ -90,6 +90,18 @@ class PredictionSet(BaseModel):
     text: str = Field(description="the set in words, e.g. 'at 90% coverage: melanoma, nevus'")
 
 
+class Referral(BaseModel):
+    refer: bool = Field(description="true: the model is not confident enough to answer for this image; a clinician "
+                                    "should read it")
+    confidence: float = Field(description="the calibrated probability of the decided class")
+    threshold: float = Field(description="images of lower confidence are referred: chosen on the training run's "
+                                         "validation images so that those kept reached the target accuracy (by "
+                                         "the lower bound of its interval)")
+    target: float = Field(description="that target accuracy (evaluation.selective.target)")
+    reason: str = Field(description="the referral in words, e.g. 'refer: the model is not confident enough "
+                                    "(confidence 0.61 < 0.83)'")
+
+
 class ImageResult(BaseModel):
     filename: str
     prediction: str = Field(description="the decided class: the threshold rule for binary models that have one, "
@@ -101,6 +113,9 @@ class ImageResult(BaseModel):
     prediction_set: PredictionSet | None = Field(
         default=None, description="the classes the model cannot rule out at the stated coverage (a conformal "
                                   "prediction set fitted on the training run's validation images); null without one")
+    referral: Referral | None = Field(
+        default=None, description="whether a clinician should read this image because the model is not confident "
+                                  "enough; null when the model holds no referral rule")
 
 
 class PredictResponse(BaseModel):

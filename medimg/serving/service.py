@@ -19,6 +19,7 @@ from medimg.config.serve import ServeSettings
 from medimg.data.readers import ImageLimits
 from medimg.engines import decide, open_engine
 from medimg.errors import ConfigError
+from medimg.evaluation.selective import confidences
 from medimg.inference import TrainedModel, resolve_device, run_dir_of
 from medimg.serving.schemas import (
     ClassProbability,
@@ -28,6 +29,7 @@ from medimg.serving.schemas import (
     Metadata,
     PredictionSet,
     Preprocessing,
+    Referral,
 )
 from medimg.serving.uploads import UploadLimits
 
@@ -89,8 +91,9 @@ class ServedModel:
     def results(self, filenames: list[str], probs: np.ndarray, top_k: int) -> list[ImageResult]:
         names, k = self.class_names, max(1, min(top_k, len(self.class_names)))
         out = []
-        sets = self.prediction_sets(probs)
-        for i, (name, p, d) in enumerate(zip(filenames, probs, decide(probs, self.threshold))):
+        sets, decisions = self.prediction_sets(probs), decide(probs, self.threshold)
+        referrals = self.referrals(probs, decisions)
+        for i, (name, p, d) in enumerate(zip(filenames, probs, decisions)):
             order = np.argsort(-p)[:k]
             decision = None if self.threshold is None else Decision(
                 positive_class=names[1], threshold=self.threshold, positive=bool(d == 1))
@@ -98,8 +101,18 @@ class ServedModel:
                 filename=name, prediction=names[d], probability=float(p[d]),
                 probabilities={c: float(p[j]) for j, c in enumerate(names)},
                 top_k=[ClassProbability(class_name=names[j], probability=float(p[j])) for j in order],
-                decision=decision, prediction_set=sets[i] if sets else None))
+                decision=decision, prediction_set=sets[i] if sets else None,
+                referral=referrals[i] if referrals else None))
         return out
+
+    def referrals(self, probs: np.ndarray, decisions: list[int]) -> list[Referral]:
+        """Each image's referral (none without a stored rule)."""
+        rule = self.engine.referral
+        if rule is None:
+            return []
+        conf = confidences(probs, decisions)
+        return [Referral(refer=bool(r), confidence=float(c), threshold=rule.threshold, target=rule.target,
+                         reason=rule.reason(float(c))) for c, r in zip(conf, rule.refer(conf))]
 
     def prediction_sets(self, probs: np.ndarray) -> list[PredictionSet]:
         """Each image's conformal prediction set (none without a stored rule)."""

@@ -16,16 +16,18 @@ from medimg.console import print_summary, summary_lines, tensorboard_in
 from medimg.evaluation.calibration import Calibration
 from medimg.evaluation.conformal import Conformal
 from medimg.evaluation.evaluator import Evaluation, write_evaluation
+from medimg.evaluation.selective import ReferralRule
 from medimg.files import write_json
 from medimg.inference import save_calibrated
 from medimg.run_info import run_info
 
 
-def keep_best(run_dir: Path, best: str | None, calibration: Calibration, conformal: Conformal | None = None) -> None:
-    """``checkpoints/best.ckpt``: the best phase's weights with the calibration (and conformal rule) fitted on
-    validation."""
+def keep_best(run_dir: Path, best: str | None, calibration: Calibration, conformal: Conformal | None = None,
+              referral: ReferralRule | None = None) -> None:
+    """``checkpoints/best.ckpt``: the best phase's weights with the calibration (and the conformal and referral
+    rules) fitted on validation."""
     if best:
-        save_calibrated(best, run_dir / "checkpoints" / "best.ckpt", calibration, conformal)
+        save_calibrated(best, run_dir / "checkpoints" / "best.ckpt", calibration, conformal, referral)
 
 
 def finish_run(s: TrainSettings, run_dir: Path, best: str | None, result: Evaluation | None,
