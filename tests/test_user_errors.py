@@ -137,8 +137,26 @@ UNKNOWN_KEYS = [  # Hydra alone would advise adding these with +, which led into
 ]
 
 
-@pytest.mark.parametrize("module,args,says", UNKNOWN_KEYS)
-def test_an_unknown_key_names_the_closest_one_before_any_work(module, args, says, tmp_path):
+PLUS = [case for case in UNKNOWN_KEYS if any(a.startswith("+") for a in case[1])]  # refused by the settings
+
+
+@pytest.mark.parametrize("module,args,says", [case for case in UNKNOWN_KEYS if case not in PLUS])
+def test_an_unknown_key_names_the_closest_one_before_any_work(module, args, says, tmp_path, capsys, monkeypatch):
+    """Each command's guard, as its ``__main__`` block calls it (the command line itself: the test below)."""
+    from medimg.config.overrides import guard_command_line
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.delenv("MEDIMG_DEBUG", raising=False)
+    data = tmp_path / "data"
+    with pytest.raises(SystemExit) as stop:
+        guard_command_line(module.removeprefix("medimg."), [module, *args, f"paths.data_dir={data}"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert stop.value.code == 1 and len(errors) == 1 and says in errors[0], errors
+    assert not data.exists(), "data work started before the key was checked"
+
+
+@pytest.mark.parametrize("module,args,says", [UNKNOWN_KEYS[0], *PLUS])
+def test_the_command_line_stops_at_an_unknown_key_in_one_line(module, args, says, tmp_path):
     data = tmp_path / "data"
     proc = _cli(module, *args, f"paths.data_dir={data}", cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
