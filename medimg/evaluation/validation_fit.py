@@ -12,7 +12,8 @@ sets or referrals.
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, TypeVar
 
 import lightning as L
 import torch
@@ -25,6 +26,7 @@ from medimg.evaluation.predictions import collect_outputs
 from medimg.evaluation.selective import ReferralRule, confidences
 
 log = logging.getLogger(__name__)
+Rule = TypeVar("Rule", Conformal, ReferralRule)
 
 
 class ValidationFit(NamedTuple):
@@ -51,14 +53,9 @@ def fit_conformal(sets: ConformalSettings | None, probs: torch.Tensor, targets: 
     too small for its alpha is logged as a warning (the run keeps what it trained) and gives no sets."""
     if sets is None or sets.alpha is None:
         return None
-    try:
-        rule = Conformal.fit(probs, targets, sets.score, sets.alpha, sets.mondrian,
-                             fitted_on="the validation split, the images the calibrator was fitted on")
-    except ConfigError as e:
-        log.warning("no conformal prediction sets: %s", e)
-        return None
-    log.info("conformal sets: %s", rule.describe())
-    return rule
+    return fitted_or_none(lambda: Conformal.fit(
+        probs, targets, sets.score, sets.alpha, sets.mondrian,
+        fitted_on="the validation split, the images the calibrator was fitted on"), "conformal prediction sets")
 
 
 def fit_referral(selective: SelectiveSettings | None, probs: torch.Tensor, decisions: torch.Tensor,
@@ -70,11 +67,17 @@ def fit_referral(selective: SelectiveSettings | None, probs: torch.Tensor, decis
         return None
     conf = confidences(probs, decisions)
     wrong = (torch.as_tensor(decisions).cpu() != targets.cpu()).numpy()
+    return fitted_or_none(lambda: ReferralRule.fit(conf, wrong, selective.target, selective.level,
+                                                   fitted_on="validation split"), "referral")
+
+
+def fitted_or_none(fit: Callable[[], Rule], what: str) -> Rule | None:
+    """``fit()``, logged; None with a warning when the validation split cannot support it (the run keeps what
+    it trained, and its predictions go without that rule)."""
     try:
-        rule = ReferralRule.fit(conf, wrong, selective.target, selective.level,
-                                fitted_on="validation split")
+        rule = fit()
     except ConfigError as e:
-        log.warning("no referral: %s", e)
+        log.warning("no %s: %s", what, e)
         return None
-    log.info("referral: %s", rule.describe())
+    log.info("%s: %s", what, rule.describe())
     return rule
