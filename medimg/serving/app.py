@@ -106,7 +106,7 @@ def described(served: ServedModel) -> Metadata:
     """``/metadata``: the served model's description with the training run's headline test figures in plain
     words. A model served uncalibrated is described by its run's uncalibrated figures."""
     meta = served.metadata
-    metrics, level = run_metrics(served.settings.ckpt_path or served._onnx_meta("medimg.source_checkpoint"))
+    metrics, level = run_metrics(served.source_checkpoint)
     if not meta.calibrated and any(k.endswith("_calibrated") for k in metrics):  # its decisions differ from the run's
         metrics = {k: v for k, v in metrics.items() if "_calibrated" not in k and not k.startswith(OPERATING)}
     figures = [plain_figure(f, level, meta.class_names) for f in headline_figures(metrics)]

@@ -141,7 +141,7 @@ class ServedModel:
     def _metadata(self, trained: TrainedModel | None) -> Metadata:
         s, engine = self.settings, self.engine
         calibration = engine.calibration
-        source = s.ckpt_path or self._onnx_meta("medimg.source_checkpoint")
+        source = self.source_checkpoint
         threshold = self.threshold
         rule = (f"{self.class_names[1]} when P({self.class_names[1]}) >= {threshold:.4g} (the stored operating "
                 "threshold), else " + self.class_names[0]) if threshold is not None else "the most probable class"
@@ -157,6 +157,11 @@ class ServedModel:
             limits=Limits(max_files=s.limits.max_files, max_file_bytes=s.limits.max_file_bytes,
                                 max_image_pixels=s.limits.max_image_pixels,
                                 max_aspect_ratio=s.limits.max_aspect_ratio))
+
+    @property
+    def source_checkpoint(self) -> str | None:
+        """The checkpoint the model comes from: ``ckpt_path``, or the one an ONNX model was exported from."""
+        return self.settings.ckpt_path or self._onnx_meta("medimg.source_checkpoint")
 
     def _onnx_meta(self, key: str) -> Any:
         session = getattr(self.engine, "session", None)

@@ -95,7 +95,8 @@ class Calibration:
 
     def describe(self) -> str:
         """One line for logs and reports."""
-        parts = [self.method] + ([self._parameters()] if self._parameters() else [])
+        parameters = self._parameters()
+        parts = [self.method] + ([parameters] if parameters else [])
         if self.selection:
             scores = ", ".join(f"{k} {v:.4f}" for k, v in self.selection["cv_nll"].items())
             parts.append(f"chosen by {self.selection['folds']}-fold cross-validated validation NLL ({scores})")
