@@ -32,7 +32,7 @@ def metadata(trained: TrainedModel) -> dict[str, str]:
         "medimg.preprocess": json.dumps(trained.preprocess.to_dict()),
         "medimg.input": INPUT_NOTE,
         "medimg.calibration": json.dumps(trained.calibration.to_dict()),
-        "medimg.conformal": json.dumps(trained.conformal.to_dict() if trained.conformal is not None else None),
+        "medimg.conformal": json.dumps(trained.conformal.to_dict(scores=False) if trained.conformal is not None else None),
         "medimg.referral": json.dumps(trained.referral.to_dict() if trained.referral is not None else None),
         "medimg.calibration_note": trained.calibration_note
         + (", folded into the ONNX graph" if trained.is_calibrated else ""),

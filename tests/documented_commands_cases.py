@@ -203,7 +203,11 @@ def check_evaluate(ws: Workspace) -> None:
     out = new[0]
     for name in ("metrics.json", "predictions.csv", "report.md"):
         assert (out / name).is_file(), f"{out} has no {name}"
-    assert json.loads((out / "metrics.json").read_text()).keys() == metrics.keys()
+    as_trained = {k: v for k, v in metrics.items() if not k.startswith("refitted/")}
+    assert json.loads((out / "metrics.json").read_text()).keys() == as_trained.keys()
+    if case.has("recalibrate=true"):  # the refitted evaluation beside the one as trained
+        refitted = json.loads((out / "refitted" / "metrics.json").read_text())
+        assert {f"refitted/{k}" for k in refitted} == set(metrics) - set(as_trained)
     if case.has("robustness=true"):
         assert (out / "robustness" / "robustness.json").is_file() and (out / "robustness" / "robustness.csv").is_file()
 

@@ -5,6 +5,7 @@ clear message per mistake."""
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
@@ -168,7 +169,8 @@ def test_set_metrics_and_the_curve_over_alpha():
     assert rule.describe().startswith("APS sets at 90% coverage, threshold ")
     assert rule.describe().endswith("fitted on validation split (1000 images)")
     assert rule.named_sets(p[:2], list("vwxyz"))[0][0] == "vwxyz"[int(p[0].argmax())]
-    curve = coverage_curve(p[:1000], y[:1000], p[1000:], y[1000:], [0.3, 0.2, 0.1, 0.05, 0.0005], "lac")
+    curve = coverage_curve(Conformal.fit(p[:1000], y[:1000], "lac", 0.1), p[1000:], y[1000:],
+                           [0.3, 0.2, 0.1, 0.05, 0.0005])
     assert curve["alpha"] == [0.05, 0.1, 0.2, 0.3]  # 0.0005 needs 1999 images: left out
     assert all(abs(c - t) < 0.04 for c, t in zip(curve["coverage"], curve["target"]))
     assert curve["set_size"] == sorted(curve["set_size"], reverse=True)
@@ -183,6 +185,23 @@ def test_to_dict_survives_a_checkpoint(tmp_path, options):
     torch.save({"conformal": rule.to_dict()}, tmp_path / "c.ckpt")
     back = Conformal.from_dict(torch.load(tmp_path / "c.ckpt", weights_only=True)["conformal"])
     assert back == rule and (back.sets(p) == rule.sets(p)).all() and back.describe() == rule.describe()
+
+    bare = Conformal.from_dict(json.loads(json.dumps(rule.to_dict(scores=False))))  # as ONNX metadata holds it
+    assert bare.calibration_scores is None and (bare.sets(p) == rule.sets(p)).all()
+    with pytest.raises(ConfigError, match="holds no calibration scores"):
+        bare.at(0.2)
+
+
+@pytest.mark.parametrize("options", [dict(score="lac"), dict(score="aps", mondrian=True),
+                                     dict(score="raps", penalty=0.05, k_reg=1), dict(score="aps", randomized=True)])
+def test_the_stored_scores_refit_the_rule_at_another_alpha(options):
+    p, y = _probs(900, 4, seed=6)
+    rule = Conformal.fit(p, y, alpha=0.1, **options)
+    for alpha in (0.05, 0.2, 0.3):
+        again = Conformal.fit(p, y, alpha=alpha, **options)
+        assert rule.at(alpha) == again and (rule.at(alpha).sets(p) == again.sets(p)).all()
+    with pytest.raises(ConfigError, match="need at least 999 calibration images"):
+        rule.at(0.001)
 
 
 def test_the_fewest_images_and_the_threshold_order_statistic():

@@ -18,7 +18,7 @@ from medimg.inference import CheckpointError, ClassMismatchError, load_trained
 pytestmark = pytest.mark.slow
 
 FIGURES = {"confusion_matrix", "confusion_matrix_normalized", "roc_curves", "pr_curves", "reliability", "per_class_f1",
-           "error_gallery_mistakes", "error_gallery_unsure_correct", "risk_coverage"}
+           "error_gallery_mistakes", "error_gallery_unsure_correct", "risk_coverage", "conformal_coverage"}
 RUN_FIGURES = FIGURES | {"learning_curves"}  # a training run also draws its history
 REQUIRED = ["test/accuracy", "test/balanced_accuracy", "test/precision_macro", "test/recall_macro", "test/f1_macro",
             "test/auroc", "test/pr_auc", "test/nll", "test/brier", "test/ece", "test/mce", "test/loss",
@@ -39,7 +39,7 @@ def trained(tmp_path_factory):
     return {"run": run, "data": data, "metrics": metrics, "root": root}
 
 
-def _evaluate(trained, out, *overrides):
+def _evaluate(trained, out, *overrides, dataset="synthetic"):
     from hydra import compose, initialize_config_dir
 
     from medimg.cli import CONF_DIR
@@ -48,7 +48,7 @@ def _evaluate(trained, out, *overrides):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="evaluate", overrides=[
             f"paths.root_dir={trained['root']}", f"paths.output_dir={out}", f"paths.data_dir={trained['data']}",
-            "dataset=synthetic", "dataset.num_images=160", "dataset.img_size=32", "dataset.num_workers=0",
+            f"dataset={dataset}", "dataset.num_images=160", "dataset.img_size=32", "dataset.num_workers=0",
             "trainer.enable_progress_bar=false", "logger=csv", f"output_dir={out}", *overrides])
     return evaluate(cfg)
 
@@ -164,16 +164,55 @@ def test_evaluate_with_tta_averages_views(trained, tmp_path):
 
 @pytest.mark.parametrize("method", ["isotonic", "none"])
 def test_evaluate_recalibrate(trained, tmp_path, method):
+    """recalibrate=true: the stored rules as trained in the folder, beside them (refitted/) a calibration of
+    ``method`` and the conformal and referral rules fitted on this data set's validation split, with a
+    checkpoint that carries them; the same logits scored both ways."""
     out = tmp_path / method
     metrics = _evaluate(trained, out, f"ckpt_path={trained['run'] / 'checkpoints' / 'best.ckpt'}",
                         "recalibrate=true", f"calibration={method}", "evaluation.gallery_per_class=0")
-    cols = pd.read_csv(out / "predictions.csv").columns
+    as_trained = json.loads((out / "metrics.json").read_text())
+    assert as_trained["test/ece_calibrated"] == pytest.approx(trained["metrics"]["test/ece_calibrated"], abs=1e-6)
+    refit = json.loads((out / "refitted" / "metrics.json").read_text())
+    assert refit == pytest.approx({k.removeprefix("refitted/"): v for k, v in metrics.items()
+                                   if k.startswith("refitted/")})
+    assert refit["test/auroc"] == pytest.approx(as_trained["test/auroc"], abs=1e-9)  # the same logits
+    cols = pd.read_csv(out / "refitted" / "predictions.csv").columns
+    stored = load_trained(out / "refitted" / "checkpoints" / "best.ckpt")
+    assert stored.calibration.method == method
     if method == "none":
-        assert not any(k.endswith("_calibrated") for k in metrics)
+        assert not any(k.endswith("_calibrated") for k in refit)
         assert not any(c.startswith("p_uncalibrated_") for c in cols) and "p_nevus" in cols
     else:
-        assert "test/ece_calibrated" in metrics and any(c.startswith("p_uncalibrated_") for c in cols)
-        assert f"{method}" in (out / "report.md").read_text()
+        assert "test/ece_calibrated" in refit and any(c.startswith("p_uncalibrated_") for c in cols)
+        assert f"{method}" in (out / "refitted" / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "## As trained and refitted on this data set" in report and "refitted on its validation split" in report
+    assert "## Against the training site" not in report  # the run's own data: no second site
+
+
+def test_external_validation_sets_the_sites_side_by_side(trained, tmp_path):
+    """Another site's images (the synthetic set as a second camera draws it): the stored rules applied as
+    trained, the report and site_comparison.json with the training site's test figures, this site's, and this
+    site's refitted; the console summary stays on one screen."""
+    out = tmp_path / "site_b"
+    metrics = _evaluate(trained, out, f"ckpt_path={trained['run'] / 'checkpoints' / 'best.ckpt'}",
+                        "recalibrate=true", "evaluation.gallery_per_class=0", "evaluation.bootstrap_resamples=200",
+                        dataset="synthetic_site_b")
+    assert (trained["data"] / "synthetic" / "n160-px32-seed1-site0.5" / "manifest.json").is_file()
+    table = json.loads((out / "site_comparison.json").read_text())
+    assert table["columns"] == ["training site, test split", "synthetic_site_b, test split, as trained",
+                                "synthetic_site_b, test split, refitted on its validation split"]
+    rows = {r["metric"]: r for r in table["rows"]}
+    run = trained["metrics"]
+    assert rows["auroc"]["training site, test split"]["value"] == pytest.approx(
+        run.get("test/auroc_calibrated", run["test/auroc"]))
+    here = rows["conformal_coverage"]["synthetic_site_b, test split, as trained"]
+    assert here["value"] == pytest.approx(metrics["test/conformal_coverage"])
+    assert here["ci_low"] <= here["value"] <= here["ci_high"]
+    assert "refitted/test/conformal_coverage" in metrics
+    report = (out / "report.md").read_text()
+    assert "## Against the training site" in report and "| prediction-set coverage |" in report
+    assert (out / "refitted" / "report.md").is_file() and (out / "figures" / "conformal_coverage.png").is_file()
 
 
 def test_missing_and_corrupt_checkpoints_are_named(trained, tmp_path):

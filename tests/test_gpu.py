@@ -211,9 +211,10 @@ def test_cpu_evaluation_matches_the_device_evaluation(derived):
     """The run's own test evaluation (on the device, bf16, calibration fitted there) against a CPU fp32
     evaluation of the same checkpoint that fits its own calibration on the CPU."""
     dev = json.loads((derived["run"] / "metrics.json").read_text())
-    cpu = json.loads((derived["eval_cpu"] / "metrics.json").read_text())
+    refitted = derived["eval_cpu"] / "refitted"  # recalibrate=true: the calibration fitted on the CPU
+    cpu = json.loads((refitted / "metrics.json").read_text())
     for prefix in ("p_uncalibrated_", "p_"):
-        d, c = _probs(derived["run"], prefix), _probs(derived["eval_cpu"], prefix)
+        d, c = _probs(derived["run"], prefix), _probs(refitted, prefix)
         assert d.index.equals(c.index) and list(d.columns) == list(c.columns) and len(d) > 0
         diff = (d - c).abs().to_numpy()
         print(f"{prefix}*: max |difference| {diff.max():.2e}, mean {diff.mean():.2e} over {len(d)} images")

@@ -10,7 +10,7 @@ from medimg.names import INTERPOLATIONS, MAX_IMG_SIZE
 
 # the keys each source takes besides the shared ones (conf/dataset/<name>.yaml)
 SOURCE_OPTIONS: dict[str, tuple[str, ...]] = {
-    "synthetic": ("num_images", "generator_seed"),
+    "synthetic": ("num_images", "generator_seed", "site_shift"),
     "csv": ("csv", "path_column", "label_column", "group_column", "split_column", "classes", "image_root"),
     "folder": (), "ham10000": (), "chest_xray": (), "fashion_mnist": (),
 }

@@ -11,6 +11,10 @@ Class-independent distractors (hairs, a corner ruler mark, uneven lighting, a sk
 same distribution for every class) make the task impossible to solve from a global colour or a corner
 marker, and the class parameters overlap so that it is learnable but not trivial.
 
+``site_shift`` (0 by default) draws the same kind of images as a second hospital's camera would: a warmer colour
+cast, flatter contrast and darker mid-tones, growing with the shift (``site_look``). A model trained on the plain
+set and evaluated on a shifted one (``dataset=synthetic_site_b``) shows what external validation is for.
+
 Layout written under ``root``::
 
     images/<class>/<class>_00000.png    RGB uint8
@@ -131,8 +135,20 @@ def _distractors(rng: np.random.Generator, img: np.ndarray, size: int) -> None:
         img[corner_y : corner_y + s, corner_x : corner_x + s] = rng.uniform(0.05, 0.95, size=3)
 
 
-def render(rng: np.random.Generator, cls: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one image of class ``cls``: returns (RGB uint8 HxWx3, mask bool HxW)."""
+def site_look(img: np.ndarray, shift: float) -> np.ndarray:
+    """``img`` (HxWx3 float in [0, 1]) as another site's acquisition shows it: red up and blue down by
+    ``0.3 * shift``, contrast about the image mean cut by ``0.4 * shift``, gamma ``1 + 0.6 * shift``."""
+    if shift == 0:
+        return img
+    out = img * np.array([1 + 0.3 * shift, 1.0, 1 - 0.3 * shift], np.float32)
+    mean = out.mean(axis=(0, 1), keepdims=True)
+    out = mean + (out - mean) * (1 - 0.4 * shift)
+    return np.clip(out, 0, 1) ** (1 + 0.6 * shift)
+
+
+def render(rng: np.random.Generator, cls: str, size: int, site_shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one image of class ``cls`` (as a site ``site_shift`` away shows it): returns (RGB uint8 HxWx3,
+    mask bool HxW)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     img = _skin(rng, xx, yy)
     geometry = _geometry(rng, cls, xx, yy)
@@ -141,11 +157,12 @@ def render(rng: np.random.Generator, cls: str, size: int) -> tuple[np.ndarray, n
     alpha = geometry["edge"][..., None] * rng.uniform(0.75, 1.0)
     img = img * (1 - alpha) + lesion.astype(np.float32) * alpha
     _distractors(rng, img, size)
-    out = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+    out = (site_look(np.clip(img, 0, 1), site_shift) * 255).round().astype(np.uint8)
     return out, geometry["mask"]
 
 
-def generate(root: str | Path, num_images: int = 3000, img_size: int = 96, seed: int = 0) -> Path:
+def generate(root: str | Path, num_images: int = 3000, img_size: int = 96, seed: int = 0,
+             site_shift: float = 0.0) -> Path:
     """Write the data set under ``root`` unless an identical one is already there; returns ``root``.
 
     The set is built in a temporary sibling folder and moved into place whole, so an interrupted run
@@ -153,7 +170,9 @@ def generate(root: str | Path, num_images: int = 3000, img_size: int = 96, seed:
     """
     root = Path(root)
     params = {"version": GENERATOR_VERSION, "num_images": num_images, "img_size": img_size, "seed": seed,
-              "classes": list(CLASSES)}
+              "classes": list(CLASSES), **({"site_shift": float(site_shift)} if site_shift else {})}
+    if not 0 <= site_shift <= 1:
+        raise DataError(f"dataset.site_shift must be in [0, 1] (0: the plain set), got {site_shift!r}")
     manifest = root / "manifest.json"
     if manifest.exists():
         if json.loads(manifest.read_text()) == params:
@@ -173,7 +192,7 @@ def generate(root: str | Path, num_images: int = 3000, img_size: int = 96, seed:
             (tmp / "images" / cls).mkdir(parents=True)
             (tmp / "masks" / cls).mkdir(parents=True)
             for i in range(count):
-                img, mask = render(rng, cls, img_size)
+                img, mask = render(rng, cls, img_size, site_shift)
                 name = f"{cls}_{i:05d}.png"
                 Image.fromarray(img).save(tmp / "images" / cls / name)
                 Image.fromarray(mask.astype(np.uint8) * 255).save(tmp / "masks" / cls / name)

@@ -18,6 +18,7 @@ Used by ``medimg.train`` (after the phases) and ``medimg.evaluate`` (any checkpo
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,16 +35,18 @@ from medimg.errors import ConfigError
 from medimg.evaluation import plots
 from medimg.evaluation.analyses import EvaluationOptions, analyse
 from medimg.evaluation.calibration import Calibration
-from medimg.evaluation.conformal import Conformal, set_metrics
-from medimg.evaluation.error_gallery import Gallery, gallery_figures
+from medimg.evaluation.conformal import Conformal, coverage_warnings, set_metrics
+from medimg.evaluation.error_gallery import Gallery
+from medimg.evaluation.figures import conformal_curve_of, evaluation_figures
 from medimg.evaluation.learning_curves import learning_curves_from
-from medimg.evaluation.metrics import classification_metrics, confusion_matrix
+from medimg.evaluation.metrics import classification_metrics
 from medimg.evaluation.predictions import SplitOutputs, collect_outputs, predictions_table, write_predictions
 from medimg.evaluation.report import conformal_lines, selective_lines, subgroup_lines, write_report
-from medimg.evaluation.selective import ReferralRule, confidences, risk_coverage, selective_metrics
-from medimg.evaluation.selective.plots import risk_coverage_figure
+from medimg.evaluation.selective import ReferralRule, confidences, selective_metrics
 from medimg.evaluation.subgroups import SubgroupAudit
 from medimg.files import write_csv, write_json
+
+log = logging.getLogger(__name__)
 
 # metrics of the final decision that are reported once, without the _calibrated suffix
 OPERATING_KEYS = ("sensitivity", "specificity", "threshold")
@@ -121,13 +124,21 @@ class Evaluation:
                                    notes=(*self.notes, *notes))
 
 
+def predict_split(trainer: L.Trainer, model, dm, split: str, views: Sequence[str] = ("identity",)) -> SplitOutputs:
+    """``model``'s logits for every image of ``split`` (each of ``views``), gathered on every rank."""
+    return collect_outputs(trainer, model, split_loader(dm, split), views, expected_rows=len(dm.split_table(split)))
+
+
 def evaluate_split(trainer: L.Trainer, model, dm, split: str, calibration: Calibration,
                    views: Sequence[str] = ("identity",), options: EvaluationOptions | None = None,
-                   conformal: Conformal | None = None, referral: ReferralRule | None = None) -> Evaluation:
-    """Predict ``split`` with ``model`` under ``calibration``, on every rank; score it. With ``options``:
-    bootstrap intervals and the subgroup audit (every rank), the error gallery (rank 0)."""
+                   conformal: Conformal | None = None, referral: ReferralRule | None = None,
+                   outputs: SplitOutputs | None = None) -> Evaluation:
+    """Predict ``split`` with ``model`` under ``calibration``, on every rank (or score the ``outputs`` of
+    ``predict_split`` given); score it. With ``options``: bootstrap intervals and the subgroup audit (every
+    rank), the error gallery (rank 0)."""
     table = dm.split_table(split)
-    outputs = collect_outputs(trainer, model, split_loader(dm, split), views, expected_rows=len(table))
+    if outputs is None:
+        outputs = predict_split(trainer, model, dm, split, views)
     with torch.no_grad():
         loss = float(model.loss(outputs.mean_logits().float(), outputs.targets))
     ev = evaluation_from_outputs(outputs, table, model.class_names, calibration, split, views, {f"{split}/loss": loss},
@@ -161,63 +172,25 @@ def evaluation_from_outputs(outputs: SplitOutputs, table: pd.DataFrame, class_na
                       conformal=conformal, sets=sets, referral=referral, referred=referred)
 
 
-def evaluation_figures(ev: Evaluation) -> dict[str, Any]:
-    """The standard figures of an evaluation, by file name (without .png)."""
-    names, m, p = ev.class_names, ev.metrics, f"{ev.split}/"
-    calibrated = ev.calibration.is_calibrated
-    which = "calibrated" if calibrated else "uncalibrated"
-    cm = confusion_matrix(ev.final_preds, ev.targets, len(names))
-    threshold = ev.calibration.threshold
-    figs = {
-        "confusion_matrix": plots.confusion_matrix_figure(cm, names, False, f"Confusion matrix ({ev.split}, {which})"),
-        "confusion_matrix_normalized": plots.confusion_matrix_figure(
-            cm, names, True, f"Confusion matrix, row-normalised ({ev.split}, {which})"),
-        "roc_curves": plots.roc_figure(ev.final_probs, ev.targets, names, threshold,
-                                       title=f"ROC curves ({ev.split}, {which})"),
-        "pr_curves": plots.pr_figure(ev.final_probs, ev.targets, names,
-                                     title=f"Precision-recall curves ({ev.split}, {which})"),
-    }
-    panels = [("uncalibrated", ev.raw_probs)]
-    eces, pos = [m.get(p + "ece")], [m.get(p + "ece_positive")]
-    if calibrated:
-        panels.append((f"calibrated ({ev.calibration.method})", ev.final_probs))
-        eces.append(m.get(p + "ece_calibrated"))
-        pos.append(m.get(p + "ece_positive_calibrated"))
-    figs["reliability"] = plots.reliability_figure(panels, ev.targets, eces, pos, names)
-    series = [("uncalibrated", [m.get(f"{p}per_class/{c}/f1", 0.0) for c in names])]
-    if calibrated:
-        series.append(("calibrated", [m.get(f"{p}per_class/{c}/f1_calibrated", 0.0) for c in names]))
-    figs["per_class_f1"] = plots.per_class_f1_figure(names, series)
-    if f"{p}selective_aurc" in m:
-        figs["risk_coverage"] = risk_coverage_of(ev)
-    if ev.subgroups is not None and len(ev.subgroups.table):
-        figs["subgroups"] = plots.subgroup_figure(ev.subgroups)
-    if ev.gallery is not None:
-        figs.update(gallery_figures(ev.gallery, names))
-    return figs
-
-
-def risk_coverage_of(ev: Evaluation):
-    """The risk-coverage figure of ``ev`` (with its referral rule's operating point and target)."""
-    p, rule = f"{ev.split}/", ev.referral
-    title = f"Risk-coverage ({ev.split}), AURC {ev.metrics[f'{p}selective_aurc']:.4f}"
-    point = None
-    if rule is not None and f"{p}accuracy_not_referred" in ev.metrics:
-        point = (1 - ev.metrics[f"{p}referred_share"], 1 - ev.metrics[f"{p}accuracy_not_referred"])
-    return risk_coverage_figure(risk_coverage(ev.confidence, ev.wrong), title, rule.target if rule else None, point)
-
-
 def write_evaluation(ev: Evaluation, out_dir: Path, loggers: Sequence[Logger] = (), title: str = "Evaluation",
-                     facts: Sequence[tuple[str, str]] = (), params: Mapping[str, Any] | None = None) -> dict[str, Path]:
+                     facts: Sequence[tuple[str, str]] = (), params: Mapping[str, Any] | None = None,
+                     sections: Sequence[str] = ()) -> dict[str, Path]:
     """Rank 0: metrics.json, predictions.csv, subgroups.csv, figures/, report.md in ``out_dir``; metrics and
     figures to loggers (``params``: the run's settings beside the metrics in TensorBoard's hparams view; the
-    report's facts by default). A ``history.json`` in ``out_dir`` (a training run) adds the learning curves."""
+    report's facts by default). A ``history.json`` in ``out_dir`` (a training run) adds the learning curves.
+    ``sections``: Markdown the report gives after its metrics (the comparison of sites). A prediction-set
+    coverage clearly below its target is logged as a warning and written beside the sets."""
     out_dir = Path(out_dir)
     files = {"metrics": write_json(out_dir / "metrics.json", dict(ev.metrics)),
              "predictions": write_predictions(out_dir / "predictions.csv", ev.predictions)}
     if ev.subgroups is not None:
         files["subgroups_table"] = write_csv(out_dir / "subgroups.csv", ev.subgroups.table)
-    figures = evaluation_figures(ev)
+    curve = conformal_curve_of(ev)
+    shortfalls = [] if ev.conformal is None else coverage_warnings(
+        ev.metrics, f"{ev.split}/", ev.conformal.alpha, ev.class_names, per_class=ev.conformal.mondrian)
+    for w in shortfalls:
+        log.warning(w)
+    figures = evaluation_figures(ev, curve)
     curves = learning_curves_from(out_dir / "history.json")
     if curves is not None:
         figures["learning_curves"] = curves
@@ -234,9 +207,10 @@ def write_evaluation(ev: Evaluation, out_dir: Path, loggers: Sequence[Logger] = 
         plots.close_figures(figures)
     files["report"] = write_report(out_dir / "report.md", title, facts, ev.metrics, ev.class_names, paths,
                                    prefix=f"{ev.split}/", sections=[
+                                       *sections,
                                        *conformal_lines(ev.metrics, ev.class_names,
                                                         ev.conformal.describe() if ev.conformal else None,
-                                                        prefix=f"{ev.split}/"),
+                                                        prefix=f"{ev.split}/", curve=curve, warnings=shortfalls),
                                        *selective_lines(ev.metrics, ev.referral.describe() if ev.referral else None,
                                                         prefix=f"{ev.split}/"),
                                        *subgroup_lines(ev.subgroups, ev.notes)])

@@ -1,6 +1,6 @@
 """Evaluation figures (matplotlib, Agg backend): each function takes predictions and returns a Figure.
 
-``evaluation_figures`` makes the standard set: confusion matrices (counts and row-normalised), ROC and
+``figures.evaluation_figures`` makes the standard set from them: confusion matrices (counts and row-normalised), ROC and
 precision-recall curves (one per class, plus the macro average), reliability diagrams before and after
 calibration, and per-class F1; ``subgroup_figure`` the subgroup audit.
 """

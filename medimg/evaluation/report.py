@@ -36,6 +36,8 @@ FIGURE_TITLES = {
     "pr_curves": "Precision-recall curves",
     "reliability": "Reliability diagrams before and after calibration",
     "per_class_f1": "F1 per class",
+    "conformal_coverage": "Conformal sets refitted at each alpha: coverage (and the worst class's) against the "
+                          "target, and the mean set size",
     "risk_coverage": "Risk-coverage: the error rate of the images kept, the most confident first (dashed: a perfect "
                      "ranking; red: the referral rule)",
     "subgroups": "Metrics per subgroup (95% intervals; dashed: the whole split; red: clearly worse)",
@@ -92,9 +94,11 @@ def metrics_table(metrics: dict[str, float], prefix: str = "test/") -> list[str]
 
 
 def conformal_lines(metrics: Mapping[str, float], class_names: Sequence[str], described: str | None,
-                    prefix: str = "test/") -> list[str]:
+                    prefix: str = "test/", curve: Mapping[str, Sequence[float]] | None = None,
+                    warnings: Sequence[str] = ()) -> list[str]:
     """The conformal prediction sets: the rule, coverage against its target and mean set size (with intervals),
-    and per class coverage; nothing without sets."""
+    per class coverage, and with ``curve`` (``figures.conformal_curve_of``) both at other alphas; nothing
+    without sets."""
     if described is None or f"{prefix}conformal_coverage" not in metrics:
         return []
 
@@ -108,6 +112,13 @@ def conformal_lines(metrics: Mapping[str, float], class_names: Sequence[str], de
              f"| coverage | {value(prefix + 'conformal_coverage')} |", f"| mean set size | {value(prefix + 'conformal_set_size')} |",
              *[f"| coverage of {c} | {value(f'{prefix}per_class/{c}/conformal_coverage')} |" for c in class_names
                if f"{prefix}per_class/{c}/conformal_coverage" in metrics], ""]
+    lines += [f"- **warning**: {w}" for w in warnings] + ([""] if warnings else [])
+    if curve:
+        lines += ["The same rule with its threshold refitted from its calibration scores at other alphas "
+                  "(the coverage figure below):", "", "| target coverage | coverage | worst class | mean set size |",
+                  "|---:|---:|---:|---:|",
+                  *[f"| {t:.2f} | {c:.4f} | {w:.4f} | {z:.3f} |" for t, c, w, z in
+                    zip(curve["target"], curve["coverage"], curve["worst_class_coverage"], curve["set_size"])], ""]
     return lines
 
 

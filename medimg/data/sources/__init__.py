@@ -25,7 +25,8 @@ from medimg.names import same_names
 
 
 def _synthetic(ds: DatasetSettings) -> tuple[pd.DataFrame, list[str]]:
-    return synthetic_table(ds.root, ds.option("num_images"), ds.img_size, ds.option("generator_seed"))
+    return synthetic_table(ds.root, ds.option("num_images"), ds.img_size, ds.option("generator_seed"),
+                           ds.extra.get("site_shift", 0.0))  # absent from older runs: the plain set
 
 
 def _csv(ds: DatasetSettings) -> tuple[pd.DataFrame, list[str]]:

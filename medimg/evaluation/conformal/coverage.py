@@ -15,7 +15,8 @@ Coverage and set size are means, so BCa is close to the percentile interval; eac
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ from medimg.evaluation.conformal.scores import needed_images
 
 log = logging.getLogger(__name__)
 COVERAGE, SIZE = "conformal_coverage", "conformal_set_size"
+REFIT_HINT = ("refit the calibrator and the conformal and referral thresholds on a labelled part of these images: "
+              "python -m medimg.evaluate ckpt_path=<ckpt> dataset=<their data set> recalibrate=true")
+CURVE_ALPHAS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)  # the coverage/size-against-alpha figure's grid
 
 
 def _loo_means(x: np.ndarray) -> np.ndarray:
@@ -85,21 +89,22 @@ def set_metrics(sets: torch.Tensor, targets: torch.Tensor, class_names: Sequence
     return out
 
 
-def coverage_curve(cal_probs: torch.Tensor, cal_targets: torch.Tensor, test_probs: torch.Tensor,
-                   test_targets: torch.Tensor, alphas: Sequence[float], score: str = "lac",
-                   mondrian: bool = False, **fit_options) -> dict[str, list[float]]:
-    """Coverage and mean set size on the test split of the rule fitted at each ``alpha``:
-    ``{"alpha", "target" (1 - alpha), "coverage", "set_size", "worst_class_coverage"}``, one entry per alpha.
-    An alpha that needs more calibration images than there are (of a class, for mondrian) is left out, with a
-    warning; ``fit_options`` go to ``Conformal.fit``."""
+def coverage_curve(rule: Conformal, test_probs: torch.Tensor, test_targets: torch.Tensor,
+                   alphas: Sequence[float] = CURVE_ALPHAS) -> dict[str, list[float]]:
+    """Coverage and mean set size on the test split of ``rule`` refitted at each ``alpha`` from its stored
+    calibration scores (``Conformal.at``): ``{"alpha", "target" (1 - alpha), "coverage", "set_size",
+    "worst_class_coverage"}``, one entry per alpha. An alpha that needs more calibration images than there are
+    (of a class, for mondrian) is left out, with a warning."""
     for a in alphas:
-        check_settings(score, a)
-    y_cal = torch.as_tensor(cal_targets).long()
-    fewest = int(torch.bincount(y_cal).min()) if mondrian else len(y_cal)
+        check_settings(rule.score, a)
+    if rule.calibration_labels is None:
+        raise ConfigError("the conformal rule holds no calibration scores: no curve over alpha")
+    y_cal = torch.tensor(rule.calibration_labels, dtype=torch.long)
+    fewest = int(torch.bincount(y_cal).min()) if rule.mondrian else len(y_cal)
     kept = sorted(float(a) for a in alphas if needed_images(a) <= fewest)
     if len(kept) < len(alphas):
-        log.warning("conformal: alphas %s need more than %d calibration images%s and are left out of the curve",
-                    sorted(set(map(float, alphas)) - set(kept)), fewest, " in a class" if mondrian else "")
+        log.info("conformal: alphas %s need more than %d calibration images%s and are left out of the curve",
+                    sorted(set(map(float, alphas)) - set(kept)), fewest, " in a class" if rule.mondrian else "")
     if not kept:
         raise ConfigError(f"no alpha in {list(alphas)} can be fitted on {fewest} calibration images; the smallest "
                           f"that can is {1 / (fewest + 1):.3g}")
@@ -107,7 +112,7 @@ def coverage_curve(cal_probs: torch.Tensor, cal_targets: torch.Tensor, test_prob
     out: dict[str, list[float]] = {k: [] for k in ("alpha", "target", "coverage", "set_size",
                                                    "worst_class_coverage")}
     for a in kept:
-        sets = Conformal.fit(cal_probs, y_cal, score, a, mondrian, **fit_options).sets(test_probs).cpu()
+        sets = rule.at(a, test_probs.shape[1]).sets(test_probs).cpu()
         covered = sets[torch.arange(len(y)), y].double()
         out["alpha"].append(a)
         out["target"].append(1 - a)
@@ -115,3 +120,36 @@ def coverage_curve(cal_probs: torch.Tensor, cal_targets: torch.Tensor, test_prob
         out["set_size"].append(float(sets.sum(1).double().mean()))
         out["worst_class_coverage"].append(min(float(covered[y == k].mean()) for k in y.unique()))
     return out
+
+
+def coverage_warnings(metrics: Mapping[str, float], prefix: str, alpha: float, class_names: Sequence[str],
+                      per_class: bool = False) -> list[str]:
+    """A line for each prediction-set coverage clearly below its target ``1 - alpha``: its interval's upper end
+    below the target, or without an interval the value more than two binomial standard errors below it.
+    ``per_class`` (Mondrian sets, whose guarantee is per class): each class's coverage as well."""
+    target = 1 - alpha
+    groups: list[tuple[str | None, str]] = [(None, prefix)]
+    if per_class:
+        groups += [(c, f"{prefix}per_class/{c}/") for c in class_names]
+    images = sum(v for k, v in metrics.items() if k.startswith(f"{prefix}per_class/") and k.endswith("/support"))
+    out = []
+    for cls, at in groups:
+        key = f"{at}conformal_coverage"
+        value, low, high = (_number(metrics, k) for k in (key, f"{key}_ci_low", f"{key}_ci_high"))
+        if value is None:
+            continue
+        n = _number(metrics, f"{at}support") if cls else images
+        if high is not None:
+            below, shown = high < target, f"{value:.3f} [{low:.3f}, {high:.3f}]"
+        else:
+            below, shown = bool(n) and value < target - 2 * math.sqrt(target * (1 - target) / n), f"{value:.3f}"
+        if below:
+            of = f" of {cls}" if cls else ""
+            out.append(f"prediction-set coverage{of} {shown} on the {prefix.rstrip('/')} split is below its target "
+                       f"{target:g}: the sets do not hold their guarantee on these images; {REFIT_HINT}")
+    return out
+
+
+def _number(metrics: Mapping[str, float], key: str) -> float | None:
+    v = metrics.get(key)
+    return float(v) if isinstance(v, int | float) and math.isfinite(v) else None

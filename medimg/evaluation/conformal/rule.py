@@ -4,7 +4,12 @@ holding the true class with probability at least ``1 - alpha`` on exchangeable i
 Stored in a checkpoint as a plain dict (``to_dict`` / ``from_dict``, read with ``torch.load(weights_only=True)``)::
 
     {"score": "aps", "alpha": 0.1, "quantile": 0.873, "mondrian": false, "penalty": 0.0, "k_reg": 0,
-     "randomized": false, "seed": 0, "fitted_on": "validation split (432 images)"}
+     "randomized": false, "seed": 0, "fitted_on": "validation split (432 images)",
+     "calibration_scores": [0.12, ...], "calibration_labels": [0, ...]}
+
+``calibration_scores`` (each calibration image's score of its true label, ``calibration_labels`` its class) let
+``at(alpha)`` refit the threshold at another alpha without the images: the coverage/size-against-alpha figure
+of any evaluation, on any site, comes from the stored rule. ONNX metadata carries the rule without them.
 
 ``mondrian``: one threshold per class, fitted on that class's calibration images, so the guarantee holds for
 each class separately (class-conditional coverage); ``quantile`` is then a list. Sets are deterministic unless
@@ -61,9 +66,14 @@ class Conformal:
     randomized: bool = False
     seed: int = 0  # the uniform draws of randomised sets
     fitted_on: str | None = None
+    calibration_scores: tuple[float, ...] | None = None  # the calibration images' scores of their true labels
+    calibration_labels: tuple[int, ...] | None = None  # and their classes
 
     def __post_init__(self):
         check_settings(self.score, self.alpha)
+        if (self.calibration_scores is None) != (self.calibration_labels is None) or (
+                self.calibration_scores is not None and len(self.calibration_scores) != len(self.calibration_labels)):
+            raise ConfigError("a rule's calibration scores and labels come together, one label per score")
         if self.mondrian != isinstance(self.quantile, tuple):
             raise ConfigError("a mondrian rule has one threshold per class, any other one threshold")
         if self.score != "raps" and (self.penalty or self.k_reg):
@@ -97,7 +107,24 @@ class Conformal:
         quantile = (_class_quantiles(scores, targets, probs.shape[1], alpha, fitted_on) if mondrian
                     else _quantile(scores, alpha, f"the {fitted_on}"))
         return cls(score=score, alpha=float(alpha), quantile=quantile, mondrian=mondrian, penalty=penalty,
-                   k_reg=k_reg, randomized=randomized, seed=seed, fitted_on=where)
+                   k_reg=k_reg, randomized=randomized, seed=seed, fitted_on=where,
+                   calibration_scores=tuple(scores.cpu().tolist()), calibration_labels=tuple(targets.cpu().tolist()))
+
+    def at(self, alpha: float, num_classes: int | None = None) -> Conformal:
+        """The same rule with its threshold refitted at ``alpha`` from the stored calibration scores (RAPS keeps
+        its penalty and k_reg); a ConfigError when the rule holds no scores or too few for ``alpha``."""
+        check_settings(self.score, alpha)
+        if self.calibration_scores is None:
+            raise ConfigError(f"this conformal rule holds no calibration scores, so it cannot be refitted at alpha "
+                              f"{alpha:g}; {REFIT}")
+        scores = torch.tensor(self.calibration_scores, dtype=torch.float64)
+        labels = torch.tensor(self.calibration_labels, dtype=torch.long)
+        if self.mondrian:
+            classes = num_classes or len(self.quantile)
+            quantile = _class_quantiles(scores, labels, classes, alpha, "calibration split")
+        else:
+            quantile = _quantile(scores, alpha, "the calibration split")
+        return dataclasses.replace(self, alpha=float(alpha), quantile=quantile)
 
     # ------------------------------------------------------------------------------ using it
     def thresholds(self, num_classes: int) -> torch.Tensor:
@@ -140,11 +167,14 @@ class Conformal:
         return ", ".join(parts)
 
     # ------------------------------------------------------------------------------ storing it
-    def to_dict(self) -> dict[str, Any]:
-        """Plain types only (a list for mondrian thresholds), as a checkpoint stores it."""
+    def to_dict(self, scores: bool = True) -> dict[str, Any]:
+        """Plain types only (lists for mondrian thresholds and the calibration scores), as a checkpoint stores
+        it; ``scores=False`` leaves the calibration scores out (ONNX metadata: the rule at its own alpha)."""
         out = dataclasses.asdict(self)
         if self.mondrian:
             out["quantile"] = [float(q) for q in self.quantile]
+        for key in ("calibration_scores", "calibration_labels"):
+            out[key] = list(out[key]) if scores and out[key] is not None else None
         return out
 
     @staticmethod
@@ -163,6 +193,9 @@ class Conformal:
                                   f"know; {REFIT}")
         if isinstance(state.get("quantile"), list | tuple):
             state["quantile"] = tuple(float(q) for q in state["quantile"])
+        for key, kind in (("calibration_scores", float), ("calibration_labels", int)):
+            if isinstance(state.get(key), list | tuple):
+                state[key] = tuple(kind(v) for v in state[key])
         try:
             return Conformal(**state)
         except (TypeError, ValueError) as e:
