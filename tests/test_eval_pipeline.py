@@ -213,6 +213,8 @@ def test_external_validation_sets_the_sites_side_by_side(trained, tmp_path):
     report = (out / "report.md").read_text()
     assert "## Against the training site" in report and "| prediction-set coverage |" in report
     assert (out / "refitted" / "report.md").is_file() and (out / "figures" / "conformal_coverage.png").is_file()
+    curve = json.loads((out / "conformal_curve.json").read_text())
+    assert 0.9 in [round(t, 9) for t in curve["target"]] and len(curve["coverage"]) == len(curve["set_size"])
 
 
 def test_missing_and_corrupt_checkpoints_are_named(trained, tmp_path):

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 from omegaconf import OmegaConf
 
-from medimg.evaluate import dataset_config
+from medimg.evaluate import dataset_config, own_dataset
 from medimg.evaluation.runs import dataset_of_run
 from medimg.inference import ClassMismatchError, run_dir_of
 from medimg.inference import check_same_classes as check_classes
@@ -35,15 +35,18 @@ def test_dataset_config_choices(tmp_path):
     run = _run_with_config(tmp_path)
     cfg = OmegaConf.create({"paths": {"data_dir": "/new/data"}})
     bare = SimpleNamespace(state={})  # a checkpoint that records no settings
-    assert dataset_config({"dataset": None}, run, cfg, bare)["eval_batch_size"] == 128
-    adjusted = dataset_config({"dataset": {"eval_batch_size": 8}}, run, cfg, bare)  # +dataset.eval_batch_size=8
+    own = own_dataset(run, cfg, bare)
+    assert dataset_config(None, own, run, cfg)["eval_batch_size"] == 128
+    adjusted = dataset_config({"eval_batch_size": 8}, own, run, cfg)  # +dataset.eval_batch_size=8
     assert adjusted["eval_batch_size"] == 8 and adjusted["root"] == "/new/data/synthetic/n8"
     other = {"name": "folder", "source": "folder", "root": "/x"}
-    assert dataset_config({"dataset": other}, run, cfg, bare) == other  # dataset=folder ...
+    assert dataset_config(other, own, run, cfg) == other  # dataset=folder ...
+    assert own_dataset(tmp_path, cfg, bare) is None
     with pytest.raises(FileNotFoundError, match="pass dataset=<name>"):
-        dataset_config({"dataset": None}, tmp_path, cfg, bare)
+        dataset_config(None, None, tmp_path, cfg)
     recorded = SimpleNamespace(state={"settings": {"dataset": {"name": "csv", "root": "/r"}}})
-    assert dataset_config({"dataset": None}, tmp_path, cfg, recorded) == {"name": "csv", "root": "/r"}
+    own = own_dataset(tmp_path, cfg, recorded)
+    assert dataset_config(None, own, tmp_path, cfg) == {"name": "csv", "root": "/r"}
 
 
 def test_class_check_lists_both():

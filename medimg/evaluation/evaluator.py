@@ -179,13 +179,16 @@ def write_evaluation(ev: Evaluation, out_dir: Path, loggers: Sequence[Logger] = 
     figures to loggers (``params``: the run's settings beside the metrics in TensorBoard's hparams view; the
     report's facts by default). A ``history.json`` in ``out_dir`` (a training run) adds the learning curves.
     ``sections``: Markdown the report gives after its metrics (the comparison of sites). A prediction-set
-    coverage clearly below its target is logged as a warning and written beside the sets."""
+    coverage clearly below its target is logged as a warning and written beside the sets; their coverage and
+    size against alpha go to ``conformal_curve.json``."""
     out_dir = Path(out_dir)
     files = {"metrics": write_json(out_dir / "metrics.json", dict(ev.metrics)),
              "predictions": write_predictions(out_dir / "predictions.csv", ev.predictions)}
     if ev.subgroups is not None:
         files["subgroups_table"] = write_csv(out_dir / "subgroups.csv", ev.subgroups.table)
     curve = conformal_curve_of(ev)
+    if curve is not None:
+        files["conformal_curve"] = write_json(out_dir / "conformal_curve.json", curve)
     shortfalls = [] if ev.conformal is None else coverage_warnings(
         ev.metrics, f"{ev.split}/", ev.conformal.alpha, ev.class_names, per_class=ev.conformal.mondrian)
     for w in shortfalls:
