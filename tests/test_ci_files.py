@@ -1,5 +1,6 @@
 """The files that install and check medimg elsewhere: requirements.lock pins what pyproject.toml asks for and is
-what this environment runs; the Dockerfile passes hadolint; the notebook is committed without outputs."""
+what this environment runs; pyproject.toml builds without setuptools warnings; the Dockerfile passes hadolint;
+the notebook is committed without outputs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import tomllib
@@ -49,6 +51,17 @@ def test_this_environment_runs_the_locked_versions():
         if have.split("+")[0] != version.split("+")[0]:  # a local build tag (torch's +cpu / +cu130) aside
             differ[name] = (version, have)
     assert not differ, f"installed versions differ from requirements.lock (make install): {differ}"
+
+
+def test_pyproject_builds_without_setuptools_warnings(monkeypatch):
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    monkeypatch.chdir(ROOT)  # the readme and package paths are relative to the project
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        apply_configuration(Distribution(), str(ROOT / "pyproject.toml"))
+    assert not caught, [f"{w.category.__name__}: {str(w.message).splitlines()[0]}" for w in caught]
 
 
 def test_the_dockerfile_passes_hadolint():
