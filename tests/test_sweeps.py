@@ -195,10 +195,11 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on_with_ddp_jobs(tmp_path, da
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", ["parallel", "joblib", "local"])
+@pytest.mark.parametrize("launcher", ["parallel", "local"])
 def test_launchers_run_two_real_jobs(launcher, tmp_path, data_dir, conf_dir):
     """With the loader's worker processes (dataset.num_workers: 2, not TINY's 0): inside a joblib worker they
-    start with loky's start method unless medimg picks another (data/workers.py)."""
+    start with loky's start method unless medimg picks another (data/workers.py). ``parallel`` is the joblib
+    launcher with medimg's n_jobs, so it runs the joblib path; ``local`` is submitit's."""
     sweep = tmp_path / "sweep"
     base = [a for a in TINY if not a.startswith("dataset.num_workers")] + ["dataset.num_workers=2"]
     proc = run_sweep(["-m", "stage=head", f"hydra/launcher={launcher}", "seed=1,2", f"hydra.sweep.dir={sweep}"],

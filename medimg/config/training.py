@@ -111,6 +111,7 @@ class ModelSettings:
     step_loss_in_bar: Any         # auto | true | false
     channels_last: Any            # auto | true | false
     compile: bool
+    compile_backend: str
 
     def check(self, where: str) -> None:
         require(0 <= self.label_smoothing < 1, f"{where}.label_smoothing", "must be in [0, 1)")

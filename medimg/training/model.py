@@ -53,8 +53,21 @@ def build_model(s: TrainSettings, rt: Runtime, dm: MedImageDataModule, resume: R
     class_weights = dm.class_weights().tolist() if s.dataset.class_weights else None
     model = classifier_of(s, rt, dm.class_names, class_weights, weights)
     if s.model.compile:
-        if rt.accelerator == "cpu" and not (shutil.which("c++") or shutil.which("g++")):
-            raise ConfigError("model.compile=true on the CPU needs a C++ compiler for torch.compile's generated "
-                              "kernels (install g++), or set model.compile=false")
-        model.net.compile()  # in place: parameter names (and so checkpoints) stay those of the eager network
+        backend = compile_backend(s.model.compile_backend, rt.accelerator)
+        model.net.compile(backend=backend)  # in place: parameter names (and so checkpoints) stay the eager ones
     return model
+
+
+def compile_backend(backend: str, accelerator: str) -> str:
+    """``model.compile_backend`` checked against torch.compile's backends; inductor on the CPU needs a C++
+    compiler for its generated kernels."""
+    import torch._dynamo
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in known:
+        raise ConfigError(f"model.compile_backend={backend} is not a torch.compile backend; choose one of "
+                          f"{', '.join(torch._dynamo.list_backends())} or aot_eager (no generated kernels)")
+    if backend == "inductor" and accelerator == "cpu" and not (shutil.which("c++") or shutil.which("g++")):
+        raise ConfigError("model.compile=true on the CPU needs a C++ compiler for torch.compile's generated "
+                          "kernels (install g++), or set model.compile=false (or model.compile_backend=aot_eager)")
+    return backend
