@@ -2,10 +2,11 @@
 
     python benchmarks/conformal_sites.py --run outputs/synthetic/<date>/<time>-<id>
 
-Three evaluations of the run's ``best.ckpt`` (each into ``<out>/<name>``, default ``<run>/benchmark_conformal``):
+Four evaluations of the run's ``best.ckpt`` (each into ``<out>/<name>``, default ``<run>/benchmark_conformal``):
 
 1. ``own_aps``: the run's own test split with the stored rules (LAC at alpha 0.1, as ``make train`` fits it),
    and refitted on its validation split with APS sets (``recalibrate=true evaluation.conformal.score=aps``);
+   ``own_aps_randomized``: the same with randomised APS sets (``evaluation.conformal.randomized=true``);
 2. ``own_mondrian``: the same, refitted with class-conditional (Mondrian) LAC sets;
 3. ``site_b``: ``dataset=synthetic_site_b`` (the built-in set as another camera draws it) as trained and refitted
    on that site's validation split.
@@ -25,6 +26,8 @@ from pathlib import Path
 
 EVALUATIONS = {
     "own_aps": ["recalibrate=true", "evaluation.conformal.score=aps"],
+    "own_aps_randomized": ["recalibrate=true", "evaluation.conformal.score=aps",
+                           "evaluation.conformal.randomized=true"],
     "own_mondrian": ["recalibrate=true", "evaluation.conformal.mondrian=true"],
     "site_b": ["dataset=synthetic_site_b", "recalibrate=true"],
 }
@@ -60,7 +63,8 @@ def main() -> None:
     print("| sets | target | test coverage | minus target | worst class | mean set size |")
     print("|---|---:|---:|---:|---:|---:|")
     print("\n".join([*curve_rows("LAC (as trained)", out / "own_aps"),
-                     *curve_rows("APS (refitted)", out / "own_aps" / "refitted")]))
+                     *curve_rows("APS (refitted)", out / "own_aps" / "refitted"),
+                     *curve_rows("APS randomised (refitted)", out / "own_aps_randomized" / "refitted")]))
     m = json.loads((out / "own_mondrian" / "refitted" / "metrics.json").read_text())
     print("\n| Mondrian LAC at 0.90: class | coverage [95% interval] |\n|---|---|")
     for key in sorted(k for k in m if k.endswith("/conformal_coverage") and "/per_class/" in k):

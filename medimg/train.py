@@ -40,6 +40,7 @@ from medimg.training.phase_book import PhaseBook
 from medimg.training.phases import load_weights, run_phases
 from medimg.training.resume import open_resume
 from medimg.training.run_folder import claim, prepare_argv
+from medimg.training.teacher import teacher_checkpoints
 from medimg.training.trainer import build_eval_trainer
 
 log = logging.getLogger("medimg.train")
@@ -62,6 +63,12 @@ def check_recipe(s: TrainSettings) -> None:
                               f"trains {trained}; set stage.phases.{name}.train_blocks=[] or "
                               f"stage.phases.{name}.feature_cache=false")
     check_weights(s.backbone.name, s.backbone.weights)
+    if s.distill.teacher is not None:
+        teacher_checkpoints(s.distill.teacher)  # a wrong path is named before any data work
+        for name, ph in s.stage.phases.items():
+            if ph.feature_cache:
+                log.info("phase %r solves the head on cached features, from the labels alone; the teacher takes "
+                         "part in the phases trained on images", name)
 
 
 def runtime_of(s: TrainSettings) -> Runtime:

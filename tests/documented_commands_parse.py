@@ -19,7 +19,7 @@ PLACEHOLDER = re.compile(r"<[^<>]*>")
 
 # Keys whose documented values are paths on the reader's machine; each becomes a stand-in (a token here).
 PATH_KEYS = {"ckpt_path", "onnx_path", "input", "output_dir", "cv_dir", "dataset.root", "dataset.csv",
-             "dataset.image_root"}
+             "dataset.image_root", "distill.teacher"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm"}
 NEEDS_CKPT = ("evaluate", "predict", "explain", "export", "serve")  # a checkpoint (or cv_dir/onnx_path) to work on
 
@@ -97,7 +97,8 @@ def _token(key: str, value: str) -> str:
     if key == "input":
         return "<image>" if Path(value).suffix.lower() in IMAGE_SUFFIXES else "<images>"
     return {"ckpt_path": "<ckpt>", "onnx_path": "<onnx>", "output_dir": "<out>", "cv_dir": "<cv>",
-            "dataset.root": "<folder>", "dataset.csv": "<csv>", "dataset.image_root": "<folder>"}[key]
+            "dataset.root": "<folder>", "dataset.csv": "<csv>", "dataset.image_root": "<folder>",
+            "distill.teacher": "<ckpt>"}[key]
 
 
 @dataclass(frozen=True)

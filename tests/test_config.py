@@ -10,8 +10,8 @@ from hydra.errors import ConfigCompositionException
 from medimg.cli import CONF_DIR
 from tests.conftest import compose_train, settings_of
 
-GROUPS = ["dataset", "backbone", "stage", "optim", "model", "trainer", "logger", "callbacks", "calibration",
-          "evaluation", "experiment", "hparams_search", "debug", "paths", "hydra"]
+GROUPS = ["dataset", "backbone", "stage", "optim", "model", "distill", "trainer", "logger", "callbacks",
+          "calibration", "evaluation", "experiment", "hparams_search", "debug", "paths", "hydra"]
 
 
 def _options(group: str) -> list[str]:
@@ -26,6 +26,7 @@ def test_every_option_composes(group, tmp_path):
         extra = ["dataset.root=/some/images"] if option in ("folder",) and group == "dataset" else []
         extra += ["dataset.csv=/some/labels.csv"] if option == "csv" and group == "dataset" else []
         extra += ["backbone.name=resnet18"] if option == "timm" and group == "backbone" else []
+        extra += ["distill.teacher=/some/run"] if option == "distill" and group == "stage" else []
         cfg = compose_train(tmp_path, tmp_path / "data", [f"{group}={option}", *extra])
         # every key the code reads is in the YAML, no unknown key, every value valid: the typed settings
         s = settings_of(cfg)

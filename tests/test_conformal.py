@@ -239,3 +239,15 @@ def test_mistakes_get_one_clear_message():
         Conformal.from_dict({**state, "quantile": [0.5, 0.6, 0.7]})
     with pytest.raises(CheckpointError, match="thresholds for 3 classes but the model has 4"):
         Conformal.fit(p, y, "lac", mondrian=True).sets(torch.rand(5, 4))
+
+
+def test_the_config_key_randomizes_the_fitted_sets():
+    from medimg.config.evaluation import ConformalSettings
+    from medimg.evaluation.validation_fit import fit_conformal
+
+    probs = torch.tensor([[0.7, 0.2, 0.1]] * 30 + [[0.2, 0.7, 0.1]] * 30)
+    targets = torch.tensor([0, 1, 2] * 20)
+    rule = fit_conformal(ConformalSettings(alpha=0.2, score="aps", mondrian=False, randomized=True), probs, targets)
+    assert rule is not None and rule.randomized and rule.score == "aps"
+    with pytest.raises(ConfigError, match="lac sets are not randomised"):
+        ConformalSettings(alpha=0.1, score="lac", mondrian=False, randomized=True).check("evaluation.conformal")

@@ -47,6 +47,10 @@ BAD_CONFIGS = [
                              "did you mean trainer.max_epochs=1?"),
     ("+optim.optimiser=adam", "unknown config keys: optim.optimiser (did you mean optim.optimizer?)"),
     ("+dataset.img_sise=64", "did you mean dataset.img_size?"),
+    ("stage=distill", "distill.teacher: stage=distill needs a teacher: distill.teacher=<run>/checkpoints/best.ckpt"),
+    ("distill.alpha=1.5", "distill.alpha: must be in [0, 1] (the hard-label share), got 1.5"),
+    ("distill.temperature=0", "distill.temperature: must be a number > 0"),
+    ("evaluation.conformal.randomized=true", "evaluation.conformal.randomized: lac sets are not randomised"),
 ]
 
 

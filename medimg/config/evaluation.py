@@ -49,12 +49,15 @@ class ConformalSettings:
     alpha: float | None           # the sets' error rate (null = no sets)
     score: str                    # lac | aps | raps
     mondrian: bool                # one threshold per class
+    randomized: bool = False      # aps/raps: the label that crosses the threshold is kept with a seeded draw
 
     def check(self, where: str) -> None:
         if self.alpha is not None:
             require(0 < self.alpha < 1, f"{where}.alpha", f"must be in (0, 1) (0.1 = 90% coverage) or null, "
                                                          f"got {self.alpha!r}")
         one_of(self.score, CONFORMAL_SCORES, f"{where}.score")
+        require(not (self.randomized and self.score == "lac"), f"{where}.randomized",
+                "lac sets are not randomised; randomized=true applies to score=aps or raps")
 
 
 @dataclass(frozen=True)

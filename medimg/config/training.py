@@ -128,6 +128,18 @@ class ModelSettings:
 
 
 @dataclass(frozen=True)
+class DistillSettings:
+    teacher: str | None           # a checkpoint, a run folder or a k-fold multirun folder; None = no teacher
+    temperature: float
+    alpha: float                  # share of the hard-label loss
+
+    def check(self, where: str) -> None:
+        positive(self.temperature, f"{where}.temperature")
+        require(0 <= self.alpha <= 1, f"{where}.alpha", f"must be in [0, 1] (the hard-label share), got "
+                                                        f"{self.alpha!r}")
+
+
+@dataclass(frozen=True)
 class TrainerSettings:
     accelerator: str
     devices: Any
@@ -227,6 +239,7 @@ class TrainSettings:
     stage: StageSettings
     optim: OptimSettings
     model: ModelSettings
+    distill: DistillSettings
     trainer: TrainerSettings
     logger: dict[str, Any] | None  # kind -> logger arguments (tensorboard, csv, ...)
     callbacks: CallbackSettings
@@ -246,6 +259,13 @@ class TrainSettings:
         require(self.monitor.startswith("val/"), "monitor", f"must be a validation metric (val/...), "
                                                              f"got {self.monitor!r}")
         one_of(self.monitor, VALIDATION_METRICS, "monitor")
+        require(self.stage.name != "distill" or self.distill.teacher is not None, "distill.teacher",
+                "stage=distill needs a teacher: distill.teacher=<run>/checkpoints/best.ckpt (or the run folder, "
+                "or a k-fold multirun folder)")
+        if self.distill.teacher is not None:
+            require(any(not ph.feature_cache for ph in self.stage.phases.values()), "distill.teacher",
+                    f"stage={self.stage.name} trains no phase on images (every phase uses cached features), so "
+                    "the teacher would see nothing; use stage=distill or a phase with feature_cache=false")
         best = "min" if self.monitor == "val/loss" else "max"
         require(self.monitor_mode == best, "monitor_mode", f"{self.monitor} is best when "
                 f"{'lowest' if best == 'min' else 'highest'}; set monitor_mode={best}")

@@ -54,7 +54,7 @@ def fit_conformal(sets: ConformalSettings | None, probs: torch.Tensor, targets: 
     if sets is None or sets.alpha is None:
         return None
     return fitted_or_none(lambda: Conformal.fit(
-        probs, targets, sets.score, sets.alpha, sets.mondrian,
+        probs, targets, sets.score, sets.alpha, sets.mondrian, randomized=sets.randomized,
         fitted_on="the validation split, the images the calibrator was fitted on"), "conformal prediction sets")
 
 

@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, Mul
 from medimg.errors import ConfigError
 from medimg.models.backbones import backbone_info, build_backbone
 from medimg.models.freezing import apply_freeze, resolve_blocks
-from medimg.models.losses import classification_loss
+from medimg.models.losses import classification_loss, distillation_loss
 from medimg.models.mixing import build_mixer
 from medimg.models.optim import build_optimizer, build_schedule
 from medimg.names import MODEL_METRICS, same_names
@@ -67,7 +67,14 @@ class ImageClassifier(L.LightningModule):
         self.register_buffer("_nonfinite", torch.zeros((), dtype=torch.bool), persistent=False)
         self._frozen: list[torch.nn.Module] = []
         self.mixer = build_mixer(mixup_alpha, cutmix_alpha, mix_prob, self.num_classes)
+        self.distill: tuple[Any, float, float] | None = None  # (teacher, temperature, alpha), see set_teacher
         self.set_phase("full", "all", 1e-3, 1)  # set_phase before each fit says what trains
+
+    def set_teacher(self, teacher, temperature: float, alpha: float) -> None:
+        """Learn from ``teacher`` too (``teacher.probabilities(images, temperature)``: softened class
+        probabilities of this model's own input batch): the loss becomes ``alpha * hard + (1 - alpha) * soft``.
+        The teacher is not a submodule: its weights stay out of this model's checkpoints and optimiser."""
+        self.distill = (teacher, float(temperature), float(alpha))
 
     # ------------------------------------------------------------------ phases
     def set_phase(self, name: str, train_blocks, lr: float, epochs: int, total_steps: int | None = None,
@@ -134,6 +141,11 @@ class ImageClassifier(L.LightningModule):
             x, mixed = self.mixer(x, y)
         logits = self._logits(x)
         loss = self.loss(logits, mixed)
+        if self.distill is not None and x.ndim == 4:  # images; a feature-cached phase learns from labels only
+            teacher, temperature, alpha = self.distill
+            soft = distillation_loss(logits, teacher.probabilities(x, temperature), temperature)
+            self.log("train/distill_loss", soft, on_step=False, on_epoch=True, batch_size=len(y))
+            loss = alpha * loss + (1.0 - alpha) * soft
         self._nonfinite |= ~torch.isfinite(loss.detach())
         if (batch_idx + 1) % self.hparams.nan_check_every == 0:
             self._check_finite(batch_idx)
@@ -150,6 +162,10 @@ class ImageClassifier(L.LightningModule):
                 f"batch {batch_idx}). Lower the learning rate (stage.phases.{self.phase['name']}.lr), "
                 "try trainer.precision=32, or check the data for broken images."
             )
+
+    def on_fit_start(self) -> None:
+        if self.distill is not None:  # the teacher follows the student to its device (and dtype, for *-true)
+            self.distill[0].to(device=self.device, dtype=next(self.net.parameters()).dtype)
 
     def on_train_epoch_end(self) -> None:
         self._check_finite(-1)

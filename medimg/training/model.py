@@ -17,6 +17,7 @@ from medimg.inference import check_same_classes
 from medimg.models.backbones import pretrained_preprocess
 from medimg.models.classifier import ImageClassifier
 from medimg.training.resume import Resume
+from medimg.training.teacher import load_teacher
 
 
 def run_preprocess(ds: DatasetSettings) -> Preprocess:
@@ -55,6 +56,10 @@ def build_model(s: TrainSettings, rt: Runtime, dm: MedImageDataModule, resume: R
     if s.model.compile:
         backend = compile_backend(s.model.compile_backend, rt.accelerator)
         model.net.compile(backend=backend)  # in place: parameter names (and so checkpoints) stay the eager ones
+    if s.distill.teacher is not None:
+        teacher = load_teacher(s.distill.teacher, dm.class_names, Preprocess.from_dict(model.hparams.preprocess),
+                               s.dataset.name)
+        model.set_teacher(teacher, s.distill.temperature, s.distill.alpha)
     return model
 
 
