@@ -7,27 +7,51 @@
 # The folder mounted at /models holds best.ckpt (and model.onnx for engine=onnx, written by
 # `python -m medimg.export`); arguments after the image name are more `key=value` overrides of conf/serve.yaml
 # (the last value of a key wins), e.g. ckpt_path=/models/other.ckpt. The page is at http://localhost:8000/.
-FROM python:3.11-slim-bookworm
+#
+# Build arguments:
+#   BASE_IMAGE  a Debian bookworm image with Python 3.11: the official python:3.11-slim-bookworm (its Python in
+#               /usr/local) or Debian's own python3 + python3-venv (`make docker-base` builds one with
+#               mmdebstrap). Either way medimg goes into a virtual environment at /opt/venv, first on PATH.
+#   WHEELS      empty (the default): torch and torchvision from the PyTorch CPU index (TORCH_INDEX_URL), the
+#               rest from PyPI. A folder: install from the wheels in it only (`pip --no-index --find-links`),
+#               for builds without network, e.g.
+#               buildah bud --volume "$PWD/build/docker/wheels:/wheels:ro" --build-arg WHEELS=/wheels ...
+# Every version comes from requirements.lock (pip-compile's lock of pyproject.toml), used as constraints: the
+# image holds medimg's runtime dependencies at the locked versions and none of the dev extra.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
+
+ARG WHEELS=
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
 
-# CPU builds of torch and torchvision (the versions pyproject.toml pins) from the PyTorch CPU index: a layer of
-# its own, so that changing medimg's code does not download them again.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.14.1 torchvision==0.29.1
+# A user without privileges (the server runs as it, see USER below); everything it writes (the server's log
+# folder, library caches) goes to its home.
+RUN useradd --create-home --uid 10001 medimg
+
+# torch and torchvision (the versions pyproject.toml pins) in a layer of their own, so that changing medimg's
+# code does not install them again.
+WORKDIR /app
+COPY requirements.lock ./
+RUN python3 -m venv /opt/venv \
+    && if [ -n "$WHEELS" ]; then set -- --no-index --find-links "$WHEELS"; \
+       else set -- --index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple; fi \
+    && pip install "$@" -c requirements.lock torch==2.14.1 torchvision==0.29.1
 
 # medimg itself: conf/ lives beside the package (medimg.cli.CONF_DIR), so the source tree is installed in place.
-WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY conf ./conf
-COPY medimg ./medimg
-RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -e . \
+# .dockerignore admits only pyproject.toml, requirements.lock, README.md, conf/ and medimg/: one layer.
+COPY . ./
+RUN if [ -n "$WHEELS" ]; then set -- --no-index --find-links "$WHEELS"; \
+    else set -- --extra-index-url "$TORCH_INDEX_URL"; fi \
+    && pip install "$@" -c requirements.lock -e . \
     && python -c "import medimg.serving.app"
 
-# A user without privileges; everything it writes (the server's log folder, library caches) goes to its home.
-RUN useradd --create-home --uid 10001 medimg
 USER 10001
 ENV MEDIMG_ROOT=/home/medimg/work \
     MPLCONFIGDIR=/home/medimg/.cache/matplotlib \

@@ -22,7 +22,7 @@ GPU_PYTHON ?= python3
 GPU_WHEELS ?= hydra-core omegaconf antlr4-python3-runtime grad-cam ttach pydicom
 GPU_BINARY_WHEELS ?=
 
-.PHONY: help install lock lock-check lint-ci notebook train test test-fast lint format tensorboard download serve benchmark gpu-wheels gpu-check clean
+.PHONY: help install lock lock-check lint-ci notebook train test test-fast lint format tensorboard download serve benchmark gpu-wheels gpu-check clean docker-base docker-check
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -103,3 +103,9 @@ gpu-check:  ## on a CUDA machine: install medimg + .whl/, GPU tests, throughput 
 clean:  ## remove caches and run folders (keeps .venv and data/)
 	rm -rf outputs multirun lightning_logs .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+docker-base:  ## build the local Debian bookworm base image (mmdebstrap + buildah) if it is missing
+	$(PYTHON) .ci/docker_check.py base
+
+docker-check: install  ## build the server image without a daemon (buildah), run it, check it against medimg.predict
+	$(PY) .ci/docker_check.py $(ARGS)
