@@ -173,7 +173,7 @@ def write_results(e: EvaluateSettings, dm: MedImageDataModule, trained: TrainedM
         f"The training site's figures are not shown: {training_run / 'metrics.json'} holds no test metrics."]
     sections = comparison_lines(columns, notes, "Against the training site" if training_run is not None
                                 else "As trained and refitted on this data set")
-    write_evaluation(result, out_dir, trainer.loggers, title, facts, sections=sections)
+    write_evaluation(result, out_dir, trainer.loggers, title, facts, sections=sections, figures=e.evaluation.figures)
     if len(columns) > 1:
         write_json(out_dir / "site_comparison.json", {"columns": [c.label for c in columns],
                                                       "rows": comparison(columns)})
@@ -189,7 +189,7 @@ def write_results(e: EvaluateSettings, dm: MedImageDataModule, trained: TrainedM
         write_evaluation(refitted, refit_dir, (), f"{title}, refitted on {dm.ds.name}'s validation split",
                          [*facts[:2], ("refitted checkpoint", f"{ckpt} (the weights as trained; the calibrator, "
                                        "conformal and referral thresholds fitted on this data set's validation split)"),
-                          ("output folder", str(refit_dir))], sections=sections)
+                          ("output folder", str(refit_dir))], sections=sections, figures=e.evaluation.figures)
     if reference is not None:  # from the training site to this one (and refitted here)
         changes = summary_line(columns[0], [("vs training site", columns[1]),
                                             *([("refitted here", columns[2])] if refitted is not None else [])])

@@ -21,6 +21,7 @@ TINY = [
     "trainer.enable_progress_bar=false",
     "trainer.max_epochs=1",
     "logger=csv",
+    "evaluation.figures=false",  # the report's figures cost seconds a run; the tests of figures turn them on
 ]
 TINY_ANY_DATA = [a for a in TINY if not a.startswith("dataset.num_images")]  # for data sets other than synthetic
 

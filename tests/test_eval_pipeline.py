@@ -35,7 +35,8 @@ def trained(tmp_path_factory):
     data = tmp_path_factory.mktemp("evaldata")
     run = root / "run"
     metrics = train(compose_train(run, data, [*TINY, "logger=many", "stage=full", "calibration=temperature",
-                                              "evaluation.selective.target=0.25", "evaluation.selective.level=0.5"]))
+                                              "evaluation.selective.target=0.25", "evaluation.selective.level=0.5",
+                                              "evaluation.figures=true"]))
     return {"run": run, "data": data, "metrics": metrics, "root": root}
 
 
@@ -147,6 +148,15 @@ def test_evaluate_reproduces_the_run_metrics(trained, tmp_path):
     assert metrics == pytest.approx(test_metrics, abs=1e-6)
     assert (out / "report.md").is_file() and (out / "predictions.csv").is_file()
     assert {p.stem for p in (out / "figures").glob("*.png")} == FIGURES
+
+
+def test_evaluation_figures_false_draws_none_and_says_so(trained, tmp_path):
+    out = tmp_path / "nofig"
+    metrics = _evaluate(trained, out, f"ckpt_path={trained['run'] / 'checkpoints' / 'best.ckpt'}",
+                        "evaluation.figures=false")
+    assert metrics["test/auroc"] == pytest.approx(trained["metrics"]["test/auroc"], abs=1e-6)
+    assert not list(out.rglob("*.png")) and (out / "metrics.json").is_file()
+    assert "- **figures**: none drawn (evaluation.figures=false)" in (out / "report.md").read_text()
 
 
 def test_evaluate_with_tta_averages_views(trained, tmp_path):

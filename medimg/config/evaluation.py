@@ -82,6 +82,7 @@ class EvaluationSettings:
     gallery_per_class: int
     gallery_method: str
     gallery_layer: str | None
+    figures: bool                 # the report's figures (false: metrics, tables and text only)
     conformal: ConformalSettings
     selective: SelectiveSettings
 

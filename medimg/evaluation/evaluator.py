@@ -174,13 +174,13 @@ def evaluation_from_outputs(outputs: SplitOutputs, table: pd.DataFrame, class_na
 
 def write_evaluation(ev: Evaluation, out_dir: Path, loggers: Sequence[Logger] = (), title: str = "Evaluation",
                      facts: Sequence[tuple[str, str]] = (), params: Mapping[str, Any] | None = None,
-                     sections: Sequence[str] = ()) -> dict[str, Path]:
+                     sections: Sequence[str] = (), figures: bool = True) -> dict[str, Path]:
     """Rank 0: metrics.json, predictions.csv, subgroups.csv, figures/, report.md in ``out_dir``; metrics and
     figures to loggers (``params``: the run's settings beside the metrics in TensorBoard's hparams view; the
     report's facts by default). A ``history.json`` in ``out_dir`` (a training run) adds the learning curves.
     ``sections``: Markdown the report gives after its metrics (the comparison of sites). A prediction-set
     coverage clearly below its target is logged as a warning and written beside the sets; their coverage and
-    size against alpha go to ``conformal_curve.json``."""
+    size against alpha go to ``conformal_curve.json``. ``figures=False`` (``evaluation.figures``) draws none."""
     out_dir = Path(out_dir)
     files = {"metrics": write_json(out_dir / "metrics.json", dict(ev.metrics)),
              "predictions": write_predictions(out_dir / "predictions.csv", ev.predictions)}
@@ -193,11 +193,12 @@ def write_evaluation(ev: Evaluation, out_dir: Path, loggers: Sequence[Logger] = 
         ev.metrics, f"{ev.split}/", ev.conformal.alpha, ev.class_names, per_class=ev.conformal.mondrian)
     for w in shortfalls:
         log.warning(w)
-    figures = evaluation_figures(ev, curve)
-    curves = learning_curves_from(out_dir / "history.json")
+    drawn = figures
+    figures = evaluation_figures(ev, curve) if drawn else {}
+    curves = learning_curves_from(out_dir / "history.json") if drawn else None
     if curves is not None:
         figures["learning_curves"] = curves
-    facts = [*facts, ("split", f"{ev.split} ({len(ev.targets)} images)"),
+    facts = [*facts, *([] if drawn else [("figures", "none drawn (evaluation.figures=false)")]), ("split", f"{ev.split} ({len(ev.targets)} images)"),
              ("calibration", ev.calibration.describe()),
              *([("prediction sets", ev.conformal.describe())] if ev.conformal is not None else []),
              ("referral", ev.referral.describe() if ev.referral is not None else "none (the model holds no referral "

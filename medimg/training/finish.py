@@ -40,7 +40,8 @@ def finish_run(s: TrainSettings, run_dir: Path, best: str | None, result: Evalua
         title = f"Test evaluation: {s.dataset.name}, {s.backbone.name}, stage {s.stage.name}"
         ckpt = str(run_dir / "checkpoints" / "best.ckpt") if best else "none saved (the final weights were evaluated)"
         write_evaluation(replace(result, metrics=metrics), run_dir, trainer.loggers, title,
-                         [("run folder", str(run_dir)), ("checkpoint", ckpt)], params=hparams)
+                         [("run folder", str(run_dir)), ("checkpoint", ckpt)], params=hparams,
+                         figures=s.evaluation.figures)
     else:  # test=false: the validation score a search ranks by
         write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "run_info.json", info)
