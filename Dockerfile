@@ -17,7 +17,8 @@
 #               for builds without network, e.g.
 #               buildah bud --volume "$PWD/build/docker/wheels:/wheels:ro" --build-arg WHEELS=/wheels ...
 # Every version comes from requirements.lock (pip-compile's lock of pyproject.toml), used as constraints: the
-# image holds medimg's runtime dependencies at the locked versions and none of the dev extra.
+# image holds medimg's runtime dependencies at the locked versions and none of the dev extra. The lock's hashes
+# are left out of the constraints: pip's hash-checking mode would demand one for medimg's own editable install.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 
@@ -39,17 +40,18 @@ RUN useradd --create-home --uid 10001 medimg
 # code does not install them again.
 WORKDIR /app
 COPY requirements.lock ./
-RUN python3 -m venv /opt/venv \
+RUN sed -e '/--hash=/d' -e 's/ \\$//' requirements.lock > /opt/constraints.txt \
+    && python3 -m venv /opt/venv \
     && if [ -n "$WHEELS" ]; then set -- --no-index --find-links "$WHEELS"; \
        else set -- --index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple; fi \
-    && pip install "$@" -c requirements.lock torch==2.14.1 torchvision==0.29.1
+    && pip install "$@" -c /opt/constraints.txt torch==2.14.1 torchvision==0.29.1
 
 # medimg itself: conf/ lives beside the package (medimg.cli.CONF_DIR), so the source tree is installed in place.
 # .dockerignore admits only pyproject.toml, requirements.lock, README.md, conf/ and medimg/: one layer.
 COPY . ./
 RUN if [ -n "$WHEELS" ]; then set -- --no-index --find-links "$WHEELS"; \
     else set -- --extra-index-url "$TORCH_INDEX_URL"; fi \
-    && pip install "$@" -c requirements.lock -e . \
+    && pip install "$@" -c /opt/constraints.txt -e . \
     && python -c "import medimg.serving.app"
 
 USER 10001

@@ -10,9 +10,10 @@ PYTEST_ARGS ?=
 # 1: install requirements.lock's exact versions (the ones the suite is run with); 0: resolve pyproject.toml
 # afresh (the newest releases its ranges allow, e.g. on a Python the lock was not compiled for)
 LOCKED ?= 1
-# how requirements.lock is compiled from pyproject.toml (make lock writes it, make lock-check compares)
+# how requirements.lock is compiled from pyproject.toml, every file's sha256 included (make lock writes it, make
+# lock-check compares; pip installs it in hash-checking mode)
 PIP_COMPILE ?= $(VENV)/bin/pip-compile
-LOCK_FLAGS := --quiet --extra dev --strip-extras --no-emit-index-url --no-emit-find-links
+LOCK_FLAGS := --quiet --generate-hashes --allow-unsafe --extra dev --strip-extras --no-emit-index-url --no-emit-find-links
 # the suite runs in this many processes of one thread each (a module's tests stay in one process: their fixtures
 # are built once); 2 suits a 2-core machine, more cores take more
 TEST_WORKERS ?= 2

@@ -46,6 +46,16 @@ def test_the_lock_pins_every_requirement_within_its_range():
     assert "--index-url" not in text and "--find-links" not in text  # no machine's own package sources
 
 
+def test_the_lock_pins_every_package_with_its_hashes():
+    lines = (ROOT / "requirements.lock").read_text().splitlines()
+    pinned = [i for i, line in enumerate(lines) if re.match(r"^[A-Za-z0-9_.\-]+==\S+", line)]
+    assert len(pinned) == len(lock_pins()) > 100
+    unhashed = [lines[i] for i in pinned if not lines[i].endswith(" \\") or
+                not lines[i + 1].strip().startswith("--hash=sha256:")]
+    assert not unhashed, f"pins without hashes (make lock): {unhashed[:5]}"
+    assert "pip==" in "\n".join(lines) and "setuptools==" in "\n".join(lines)  # --allow-unsafe: all pinned
+
+
 @pytest.mark.skipif(os.environ.get("LOCKED") == "0", reason="make test LOCKED=0 runs the newest versions")
 def test_this_environment_runs_the_locked_versions():
     differ = {}
