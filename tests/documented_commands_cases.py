@@ -22,7 +22,7 @@ NUM_IMAGES = next(t for t in TINY if t.startswith("dataset.num_images="))
 TRAIN_CLASSES = ["benign", "malignant", "other"]  # the classes of the generated folder / CSV data sets
 
 EVALUATE_TINY = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "logger=csv",
-                 "evaluation.bootstrap_resamples=50"]
+                 "evaluation.bootstrap_resamples=50", "evaluation.figures=false"]
 CORRUPTIONS_TINY = ["corruptions.names=[contrast]", "corruptions.severities=[1]"]
 PREDICT_TINY = ["device=cpu", "batch_size=4"]
 EXPLAIN_TINY = ["dataset.num_images=160", "dataset.img_size=32", "dataset.num_workers=0", "max_images=8",

@@ -43,7 +43,7 @@ def test_two_fold_sweep_and_ensemble(tmp_path, data_dir):
     cmd = [sys.executable, "-m", "medimg.train", "-m", "experiment=synthetic", "dataset.num_folds=2",
            "dataset.fold=0,1", "trainer.max_epochs=1", "backbone.weights=null", "dataset.num_images=160",
            "dataset.img_size=32", "dataset.num_workers=0", "dataset.batch_size=32", "trainer.accelerator=cpu",
-           "trainer.enable_progress_bar=false", "logger=csv", f"paths.root_dir={tmp_path}",
+           "trainer.enable_progress_bar=false", "logger=csv", "evaluation.figures=false", f"paths.root_dir={tmp_path}",
            f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "MPLBACKEND": "Agg"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)

@@ -27,7 +27,7 @@ RUN = ["backbone.weights=null", "dataset.num_images=160", "dataset.img_size=32",
        "dataset.batch_size=16", "trainer.enable_progress_bar=false", "logger=csv", "stage=two_stage",
        "stage.phases.head.feature_cache=false", "stage.phases.head.epochs=4", "stage.phases.finetune.epochs=4",
        "stage.phases.finetune.min_steps=0", "stage.phases.finetune.patience_min_steps=0",
-       "callbacks.early_stopping.enabled=false", "evaluation.gallery_per_class=0",
+       "callbacks.early_stopping.enabled=false", "evaluation.gallery_per_class=0", "evaluation.figures=false",
        "dataset.batch_augment=true",  # the GPU default (whole batches, seeded per image) on the CPU
        "trainer.val_min_steps=14"]  # 7 steps an epoch: validated and checkpointed every 2 epochs (the cadence)
 
