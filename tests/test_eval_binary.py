@@ -98,7 +98,7 @@ def test_auto_and_bcts_through_the_pipeline_with_intervals_subgroups_and_curves(
     ev = evaluation_from_outputs(test, table, CLASSES, state)
     block = {"bootstrap_resamples": 200, "interval_level": 0.95, "bootstrap_seed": 0,
              "subgroup_metrics": ["accuracy", "sensitivity"], "subgroup_min_images": 50,
-             "gallery_per_class": 2, "gallery_method": "gradcam", "gallery_layer": None,
+             "gallery_per_class": 2, "gallery_method": "gradcam", "gallery_layer": None, "figures": True,
              "conformal": {"alpha": 0.1, "score": "aps", "mondrian": False}, "selective": {"target": 0.9, "level": 0.95}}
     options = evaluation_options(read(EvaluationSettings, block, "evaluation"), ["scanner"], None)
     before = dict(ev.metrics)

@@ -104,7 +104,7 @@ def _options(evaluation: dict, subgroup_columns: list[str]):
 
 OPTIONS = {"bootstrap_resamples": 100, "interval_level": 0.9, "bootstrap_seed": 0,
            "subgroup_metrics": ["accuracy"], "subgroup_min_images": 5, "gallery_per_class": 2,
-           "gallery_method": "gradcam", "gallery_layer": "layer4",
+           "gallery_method": "gradcam", "gallery_layer": "layer4", "figures": True,
            "conformal": {"alpha": 0.1, "score": "lac", "mondrian": False}, "selective": {"target": 0.95, "level": 0.95}}
 
 
