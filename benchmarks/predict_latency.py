@@ -77,7 +77,7 @@ class OnnxRuntime:
         import onnxruntime as ort
 
         path = workdir / f"{model.hparams.backbone}.onnx"
-        wrapper = ExportModel(model.net, None, model.num_classes).eval()
+        wrapper = ExportModel(model.net, Uncalibrated(), model.num_classes).eval()
         torch.onnx.export(wrapper, (torch.zeros(1, 3, img_size, img_size),), str(path), dynamo=False,
                           opset_version=17, input_names=["image"], output_names=["probs", "logits"],
                           dynamic_axes={"image": {0: "batch"}, "probs": {0: "batch"}, "logits": {0: "batch"}})
