@@ -30,6 +30,7 @@ RUN = ["backbone.weights=null", "dataset.num_images=160", "dataset.img_size=32",
        "callbacks.early_stopping.enabled=false", "evaluation.gallery_per_class=0", "evaluation.figures=false",
        "dataset.batch_augment=true",  # the GPU default (whole batches, seeded per image) on the CPU
        "trainer.val_min_steps=14"]  # 7 steps an epoch: validated and checkpointed every 2 epochs (the cadence)
+PHASE_STEPS = 4 * 7  # optimiser steps of each phase (4 epochs of 7)
 
 
 def train_cmd(args: list[str], root: Path, data_dir: Path) -> tuple[list[str], dict[str, str]]:
@@ -60,8 +61,11 @@ def kill_when(run: Path, root: Path, data_dir: Path, phase: str, completed: bool
         while proc.poll() is None:
             if last.exists() and last.stat().st_mtime_ns != seen:
                 seen = last.stat().st_mtime_ns
-                state = torch.load(last, map_location="cpu", weights_only=True)["medimg"]
-                if state["phase"]["name"] == phase and state["phase_completed"] == completed:
+                ckpt = torch.load(last, map_location="cpu", weights_only=True)
+                state = ckpt["medimg"]
+                # mid-phase: a checkpoint before the phase's last validation, so the kill lands inside the phase
+                inside = completed or ckpt.get("global_step", 0) < PHASE_STEPS
+                if state["phase"]["name"] == phase and state["phase_completed"] == completed and inside:
                     time.sleep(delay)
                     os.killpg(proc.pid, signal.SIGKILL)
                     break
