@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from medimg.evaluate import dataset_config, own_dataset
-from medimg.evaluation.runs import dataset_of_run
+from medimg.evaluation.runs import dataset_of_run, evaluation_dir
 from medimg.inference import ClassMismatchError, run_dir_of
 from medimg.inference import check_same_classes as check_classes
 
@@ -53,3 +53,12 @@ def test_class_check_lists_both():
     check_classes(["a", "b"], ["a", "b"], "m.ckpt", "d")
     with pytest.raises(ClassMismatchError, match=r"\['a', 'b'\].*\['b', 'a'\].*another order"):
         check_classes(["a", "b"], ["b", "a"], "m.ckpt", "d")
+
+
+def test_two_evaluations_in_the_same_second_get_their_own_folders(tmp_path):
+    first = evaluation_dir(tmp_path, "synthetic", "test", "abc")
+    first.mkdir(parents=True)
+    second = evaluation_dir(tmp_path, "synthetic", "test", "abc")
+    assert second != first and not second.exists()
+    if second.name.startswith(first.name):  # the same second: numbered
+        assert second.name == f"{first.name}-2"

@@ -27,5 +27,11 @@ def dataset_of_run(run_dir: Path, paths_cfg: dict[str, Any] | Any) -> dict[str, 
 
 
 def evaluation_dir(run_dir: Path, dataset: str, split: str, run_id: str) -> Path:
-    """``<run>/evaluations/<dataset>-<split>-<time>-<id>``: a re-evaluation never replaces the run's own results."""
-    return Path(run_dir) / "evaluations" / f"{dataset}-{split}-{time.strftime('%Y%m%d-%H%M%S')}-{run_id}"
+    """``<run>/evaluations/<dataset>-<split>-<time>-<id>``: a re-evaluation never replaces the run's own results,
+    nor another evaluation's: a second one of this process in the same second gets ``-2`` (``-3``, ...)."""
+    base = Path(run_dir) / "evaluations" / f"{dataset}-{split}-{time.strftime('%Y%m%d-%H%M%S')}-{run_id}"
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{base.name}-{k}")
+    return path
