@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from train_runs import mean_sd, medimg_train  # noqa: E402
 
 from medimg.files import write_json  # noqa: E402
 
@@ -36,19 +35,6 @@ COMMON = ["dataset=synthetic", "stage=scratch", "backbone.weights=null", "traine
           "logger=csv", "callbacks.gradcam.enabled=false", "evaluation.gallery_per_class=0",
           "evaluation.bootstrap_resamples=0"]
 FOLDS = 5
-
-
-def medimg_train(args: list[str], run_dir: Path, data_dir: Path, multirun: bool = False) -> float:
-    """One real training process (or a multirun); returns its wall time in seconds."""
-    where = f"hydra.sweep.dir={run_dir}" if multirun else f"hydra.run.dir={run_dir}"
-    cmd = [sys.executable, "-m", "medimg.train", *(["-m"] if multirun else []), *COMMON, *args,
-           f"paths.data_dir={data_dir}", f"paths.root_dir={run_dir.parent}", where]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "MPLBACKEND": "Agg"}
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - t0
 
 
 def figures(run: Path) -> dict:
@@ -64,13 +50,13 @@ def teacher(root: Path, data_dir: Path, name: str, data: list[str], big: list[st
     if name == "resnet50":
         if not (run / "metrics.json").is_file():
             write_json(run.with_suffix(".wall.json"), {"seconds": medimg_train(
-                [*big, "backbone=resnet50", "backbone.weights=null", "seed=0"], run, data_dir)})
+                [*COMMON, *big, "backbone=resnet50", "backbone.weights=null", "seed=0"], run, data_dir)})
         runs = [run]
     else:  # a k-fold run: one sub-folder per fold
         if not (run / str(FOLDS - 1) / "metrics.json").is_file():
             folds = ",".join(str(k) for k in range(FOLDS))
             write_json(run.with_suffix(".wall.json"), {"seconds": medimg_train(
-                [*data, "backbone=resnet18", "seed=0", f"dataset.num_folds={FOLDS}", f"dataset.fold={folds}"],
+                [*COMMON, *data, "backbone=resnet18", "seed=0", f"dataset.num_folds={FOLDS}", f"dataset.fold={folds}"],
                 run, data_dir, multirun=True)})
         runs = [run / str(k) for k in range(FOLDS)]
     wall = json.loads(run.with_suffix(".wall.json").read_text())["seconds"]
@@ -82,17 +68,11 @@ def student(root: Path, data_dir: Path, backbone: str, name: str, teacher_path: 
     run = root / "students" / f"{backbone}-{name}-{seed}"
     if not (run / "metrics.json").is_file():
         extra = [f"distill.teacher={teacher_path}"] if teacher_path else []
-        seconds = medimg_train([*data, f"backbone={backbone}", "backbone.weights=null", f"seed={seed}", *extra],
+        seconds = medimg_train([*COMMON, *data, f"backbone={backbone}", "backbone.weights=null", f"seed={seed}", *extra],
                                run, data_dir)
         write_json(run / "wall.json", {"seconds": seconds})
     return {"student": backbone, "teacher": name, "seed": seed, **figures(run),
             "seconds": json.loads((run / "wall.json").read_text())["seconds"]}
-
-
-def _cell(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def main() -> None:
@@ -125,13 +105,13 @@ def main() -> None:
     print(f"Command: `python benchmarks/distill.py {' '.join(sys.argv[1:])}`\n")
     print("| teacher | members | test AUROC | test accuracy | test ECE | wall s |\n|---|---:|---:|---:|---:|---:|")
     for name, (_, members, wall) in teachers.items():
-        cells = [_cell([m[k] for m in members]) for k in ("auroc", "accuracy", "ece")]
+        cells = [mean_sd([m[k] for m in members]) for k in ("auroc", "accuracy", "ece")]
         print(f"| {name} | {len(members)} | {' | '.join(cells)} | {wall:.0f} |")
     print("\n| student | teacher | seeds | test AUROC | test accuracy | test ECE | wall s |\n"
           "|---|---|---:|---:|---:|---:|---:|")
     for key in dict.fromkeys((r["student"], r["teacher"]) for r in rows):
         group = [r for r in rows if (r["student"], r["teacher"]) == key]
-        cells = [_cell([r[k] for r in group]) for k in ("auroc", "accuracy", "ece")]
+        cells = [mean_sd([r[k] for r in group]) for k in ("auroc", "accuracy", "ece")]
         print(f"| {key[0]} | {key[1]} | {len(group)} | {' | '.join(cells)} | "
               f"{statistics.mean(r['seconds'] for r in group):.0f} |")
 

@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from train_runs import mean_sd, medimg_train  # noqa: E402
 
 from medimg.files import write_json, write_text  # noqa: E402
 
@@ -55,18 +54,6 @@ COMMON = ["experiment=synthetic", "stage=two_stage", "trainer.enable_progress_ba
           "callbacks.gradcam.enabled=false", "evaluation.gallery_per_class=0", "evaluation.bootstrap_resamples=0"]
 
 
-def medimg_train(overrides: list[str], run_dir: Path, data_dir: Path) -> float:
-    """One real training run; returns its wall time in seconds."""
-    cmd = [sys.executable, "-m", "medimg.train", *COMMON, *overrides, f"paths.data_dir={data_dir}",
-           f"paths.root_dir={run_dir.parent}", f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "MPLBACKEND": "Agg"}
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - t0
-
-
 def binary_labels(data_dir: Path) -> Path:
     """labels.csv of the related task: the images of generator seed 1, labelled nevus or other (made once)."""
     from medimg.data.synthetic import CLASSES, generate
@@ -85,7 +72,7 @@ def pretrained_backbone(root: Path, data_dir: Path) -> Path:
     ckpt = run / "checkpoints" / "best.ckpt"
     if not ckpt.is_file():
         csv = binary_labels(data_dir)
-        medimg_train(["stage=scratch", "backbone.weights=null", "dataset=csv", f"dataset.csv={csv}",
+        medimg_train([*COMMON, "stage=scratch", "backbone.weights=null", "dataset=csv", f"dataset.csv={csv}",
                       f"dataset.image_root={csv.parent / 'n3000-px96-seed1'}", "dataset.img_size=96",
                       "dataset.eval_resize=1.0", "seed=0"], run, data_dir)
     return ckpt
@@ -95,7 +82,7 @@ def run_one(root: Path, data_dir: Path, size: str, init: str, recipe: str, seed:
     run = root / "runs" / f"{size}-{init}-{recipe}-{seed}"
     if not (run / "metrics.json").is_file():
         w = [f"backbone.weights={weights}"] if init == "pretrained" else ["backbone.weights=null"]
-        seconds = medimg_train([*SIZES[size], *w, *RECIPES[recipe], f"seed={seed}"], run, data_dir)
+        seconds = medimg_train([*COMMON, *SIZES[size], *w, *RECIPES[recipe], f"seed={seed}"], run, data_dir)
         write_json(run / "wall.json", {"seconds": seconds})
     m = json.loads((run / "metrics.json").read_text())
     return {"size": size, "init": init, "recipe": recipe, "seed": seed, "auroc": m["test/auroc"],
@@ -104,19 +91,13 @@ def run_one(root: Path, data_dir: Path, size: str, init: str, recipe: str, seed:
             "seconds": json.loads((run / "wall.json").read_text())["seconds"]}
 
 
-def _cell(values: list[float], digits: int = 3) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
 def table(rows: list[dict]) -> str:
     lines = ["| size | init | recipe | seeds | test AUROC | test accuracy | test ECE | wall s |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     keys = list(dict.fromkeys((r["size"], r["init"], r["recipe"]) for r in rows))
     for size, init, recipe in keys:
         group = [r for r in rows if (r["size"], r["init"], r["recipe"]) == (size, init, recipe)]
-        cells = [_cell([r[k] for r in group]) for k in ("auroc", "accuracy", "ece")]
+        cells = [mean_sd([r[k] for r in group]) for k in ("auroc", "accuracy", "ece")]
         lines.append(f"| {size} | {init} | {recipe} | {len(group)} | {' | '.join(cells)} | "
                      f"{statistics.mean(r['seconds'] for r in group):.0f} |")
     return "\n".join(lines)
